@@ -1,0 +1,3 @@
+from arcttt.cli import main
+
+main()
