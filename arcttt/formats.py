@@ -12,7 +12,15 @@ never calls a tokenizer and works alike before and after the vocabulary is shrun
 Formats, by name:
 - ``compact``: 16 tokens of its own (digits, newline, I/O/end markers, bos, pad), for models whose
   vocabulary is cut to exactly these (the 2025 winner's style).
-- ``chat``: the markers are a chat-template model's own special tokens (see ``CHAT_PIECES``).
+- ``chat``: the markers are a chat-template model's own special tokens (see ``CHAT_PIECES``): each
+  demonstration is a user turn (the input grid) and an assistant turn (the output grid), ChatML
+  style as in Qwen. The marker texts are fixed here rather than read from the model's
+  ``chat_template``, because a Jinja template cannot be turned back into marker pieces reliably;
+  :func:`token_map_from_tokenizer` checks that the model has the ChatML special tokens instead.
+
+:func:`token_map_from_tokenizer` finds a format's ids in any Hugging Face tokenizer;
+:func:`build_tokenizer` builds a small local tokenizer for a format (tiny test models, shrunk
+vocabularies), with no download.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from arcttt.data import MAX_SIDE, Pair
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 META_FILE = "arcttt.json"
 
@@ -39,6 +50,13 @@ CHAT_PIECES = {
     "end": "<|im_end|>\n",
 }
 FORMATS = ("compact", "chat")
+# The compact vocabulary's bos/eos/pad tokens (eos is the end marker: generation stops there).
+COMPACT_SPECIAL = {"bos": "<s>", "eos": "<E>", "pad": "<pad>"}
+# The chat format's ChatML special tokens and the plain words its markers use; bos/eos/pad as in
+# Qwen2.5's configs (bos_token_id = pad = <|endoftext|>, eos = <|im_end|>).
+CHAT_SPECIAL = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>"}
+CHAT_MARKERS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_WORDS = ("user", "assistant", "system")
 
 
 class FormatError(ValueError):
@@ -95,6 +113,130 @@ def compact_token_map() -> TokenMap:
     i = {t: n for n, t in enumerate(COMPACT_TOKENS)}
     return TokenMap("compact", tuple(range(10)), i["\n"], (i["<s>"],), (i["<I>"],), (i["<O>"],),
                     (i["<E>"],), i["<pad>"])
+
+
+def _single_id(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
+    """The id of ``text`` if the tokenizer encodes it as exactly one token, else None."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) == 1:
+        return int(ids[0])
+    # byte-level vocabularies spell some tokens differently from their text; a literal entry counts
+    return tokenizer.get_vocab().get(text)
+
+
+def _piece_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in tokenizer.encode(text, add_special_tokens=False)) if text else ()
+
+
+def token_map_from_tokenizer(format_name: str, tokenizer: PreTrainedTokenizerBase) -> TokenMap:
+    """The ids of every piece of ``format_name`` in a Hugging Face tokenizer.
+
+    ``compact`` needs each of :data:`COMPACT_TOKENS` as one token (looked up by its text).
+    ``chat`` encodes each of :data:`CHAT_PIECES` (``add_special_tokens=False``) and needs the
+    ChatML special tokens ``<|im_start|>``/``<|im_end|>``; its pad is the tokenizer's pad (else eos).
+    Both need every digit and the newline to be single tokens. Raises :class:`FormatError`.
+    """
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if format_name not in FORMATS:
+        raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+
+    def single(text: str, why: str) -> int:
+        i = _single_id(tokenizer, text)
+        if i is None:
+            pieces = tokenizer.encode(text, add_special_tokens=False)
+            raise FormatError(f"tokenizer {name}: {text!r} is not a single token (encodes to {pieces}); "
+                              f"the {format_name} format needs {why}")
+        return i
+
+    digits = tuple(single(str(d), "every digit as one token") for d in range(10))
+    newline = single("\n", "the newline as one token")
+    if format_name == "compact":
+        ids = {t: single(t, "its 16 tokens (see COMPACT_TOKENS; build_tokenizer('compact') makes them)")
+               for t in COMPACT_TOKENS[11:]}
+        return TokenMap("compact", digits, newline, (ids["<s>"],), (ids["<I>"],), (ids["<O>"],),
+                        (ids["<E>"],), ids["<pad>"])
+    for marker in ("<|im_start|>", "<|im_end|>"):
+        single(marker, "the ChatML special tokens <|im_start|> and <|im_end|>")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise FormatError(f"tokenizer {name}: has neither a pad nor an eos token; the chat format needs one to pad")
+    return TokenMap("chat", digits, newline, *(_piece_ids(tokenizer, CHAT_PIECES[k])
+                                                for k in ("bos", "input", "output", "end")), int(pad))
+
+
+def _format_vocabulary(format_name: str, extra_tokens: int) -> tuple[list[str], set[str], dict[str, str]]:
+    """Token strings in id order, the special ones among them, and the bos/eos/pad tokens."""
+    fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
+    if format_name == "compact":
+        # the format's tokens first, so that ids are positions in COMPACT_TOKENS (compact_token_map)
+        return [*COMPACT_TOKENS, *fillers], {*COMPACT_TOKENS[11:], *fillers}, COMPACT_SPECIAL
+    if format_name == "chat":
+        real = [*"0123456789", "\n", *CHAT_MARKERS, *CHAT_WORDS]
+        # fillers spread between the real tokens, as the used ids of a real model are scattered
+        # (so that cutting the vocabulary must re-index, not just truncate)
+        tokens: list[str] = []
+        per_gap, rest = divmod(len(fillers), len(real))
+        it = iter(fillers)
+        for k, t in enumerate(real):
+            tokens.append(t)
+            tokens.extend(next(it) for _ in range(per_gap + (k < rest)))
+        return tokens, {*CHAT_MARKERS, *fillers}, CHAT_SPECIAL
+    raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+
+
+def wordlevel_tokenizer(tokens: Sequence[str], special: set[str], bos: str | None, eos: str | None,
+                        pad: str | None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``tokens`` (id = position): digits and newlines are split one
+    per token, other runs of text are looked up whole, ``special`` tokens are matched anywhere.
+    Text outside the vocabulary cannot be encoded (there is no unknown token): arcttt never
+    tokenizes free text."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if len(set(tokens)) != len(tokens):
+        raise FormatError("a tokenizer vocabulary needs distinct token strings")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d|\n"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # decode concatenates (WordLevel would join with spaces)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens if t in special])
+    return _portable_tokenizer_class()(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
+
+
+def build_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTokenizerFast:
+    """A small local tokenizer for ``format_name`` (no download), for tiny test models.
+
+    compact: :data:`COMPACT_TOKENS` at ids 0-15 (bos ``<s>``, eos ``<E>``, pad ``<pad>``).
+    chat: digits, newline, ``<|endoftext|>``/``<|im_start|>``/``<|im_end|>`` (special) and the
+    words ``user``/``assistant``/``system``, so ``"<|im_start|>user\\n"`` is 3 tokens (bos = pad =
+    ``<|endoftext|>``, eos ``<|im_end|>``). ``extra_tokens`` unused filler tokens ``<extra_i>`` give
+    ``shrink-vocab`` something to cut. It saves with ``save_pretrained`` and loads back with
+    ``AutoTokenizer`` in transformers 4.4x and 5.x.
+    """
+    if extra_tokens < 0:
+        raise ValueError(f"extra_tokens must be >= 0, got {extra_tokens}")
+    tokens, special, roles = _format_vocabulary(format_name, extra_tokens)
+    return wordlevel_tokenizer(tokens, special, roles["bos"], roles["eos"], roles["pad"])
+
+
+def _portable_tokenizer_class():
+    """``PreTrainedTokenizerFast`` whose saved ``tokenizer_config.json`` names that class.
+
+    transformers 5 writes its own class name there (``TokenizersBackend``), which 4.4x cannot
+    load; ``PreTrainedTokenizerFast`` loads in both (5.x keeps it as an alias).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    class PortableTokenizerFast(PreTrainedTokenizerFast):
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            files = super().save_pretrained(save_directory, *args, **kwargs)
+            path = Path(save_directory) / "tokenizer_config.json"
+            if path.is_file():
+                config = json.loads(path.read_text())
+                config["tokenizer_class"] = "PreTrainedTokenizerFast"
+                path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+            return files
+
+    return PortableTokenizerFast
 
 
 @dataclass
