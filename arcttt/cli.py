@@ -1,31 +1,108 @@
 """The ``arcttt`` command line: every command is a typed function below (its signature is the CLI,
-its docstring the help), mapped to a name in :func:`commands`. Heavy modules are imported inside the
-commands so that ``arcttt --help`` stays fast. A command returns its exit code.
+its docstring the help), mapped to a name in :func:`commands`. Positional parameters become
+positional arguments, keyword-only ones ``--options`` (required when they have no default); a
+``list[str]`` option may be repeated; a ``bool`` option is a ``--flag``/``--no-flag``. Heavy modules
+are imported inside the commands so that ``arcttt --help`` stays fast. A command returns its exit
+code; argument errors exit 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import re
 import sys
+import types
+import typing
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
-
     from arcttt.data import DataFileError
 
+    parser = build_parser(commands())
+    args = vars(parser.parse_args(argv))
+    func = args.pop("_func", None)
+    if func is None:
+        parser.print_help()
+        sys.exit(2)
     try:
-        rc = auto_cli(commands(), args=argv, as_positional=True)
+        rc = func(**args)
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
     sys.exit(rc or 0)
 
 
+def build_parser(table: dict, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one sub-command per entry of ``table`` (nested dicts nest)."""
+    parser = parser or argparse.ArgumentParser(
+        prog="arcttt", description="ARC Prize test-time-training pipeline. `arcttt COMMAND --help` for details.")
+    subs = parser.add_subparsers(metavar="COMMAND")
+    for name, target in table.items():
+        if isinstance(target, dict):
+            build_parser(target, subs.add_parser(name, help=f"{name} commands"))
+            continue
+        summary, arg_help = _docstring(target)
+        sub = subs.add_parser(name, help=" ".join(summary.split("\n\n")[0].split()), description=summary,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        hints = typing.get_type_hints(target)
+        for param in inspect.signature(target).parameters.values():
+            _add_argument(sub, param, hints.get(param.name, str), arg_help.get(param.name, ""))
+        sub.set_defaults(_func=target)
+    return parser
+
+
+def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, tp, help_text: str) -> None:
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    if optional:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    kwargs: dict = {"help": help_text}
+    if typing.get_origin(tp) is typing.Literal:
+        kwargs["choices"] = typing.get_args(tp)
+    elif typing.get_origin(tp) is list:
+        kwargs.update(action="append", type=typing.get_args(tp)[0])
+    elif tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif tp in (int, float, str, Path):
+        kwargs["type"] = tp
+    if param.kind is inspect.Parameter.KEYWORD_ONLY:
+        flag = "--" + param.name.replace("_", "-")
+        if param.default is inspect.Parameter.empty:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = list(param.default) if isinstance(param.default, tuple) else param.default
+            if param.default not in (None, (), False):
+                kwargs["help"] += f" (default: {param.default})"
+        parser.add_argument(flag, dest=param.name, **kwargs)
+    else:
+        if param.default is not inspect.Parameter.empty:
+            kwargs.update(nargs="?", default=param.default)
+        parser.add_argument(param.name, metavar=param.name.upper(), **kwargs)
+
+
+def _docstring(func) -> tuple[str, dict[str, str]]:
+    """(summary text, {argument: help}) from a Google-style docstring."""
+    doc = inspect.getdoc(func) or ""
+    summary, _, args_block = doc.partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    current = None
+    for line in args_block.splitlines():
+        match = re.match(r"\s{2,}(\w+):\s*(.*)", line)
+        if match and len(line) - len(line.lstrip()) <= 4:
+            current = match.group(1)
+            helps[current] = match.group(2)
+        elif current and line.strip():
+            helps[current] += " " + line.strip()
+    return summary.strip(), helps
+
+
 def commands() -> dict:
     """Command name -> function (nested dicts are sub-commands)."""
     return {
         "data": {"export": data_export, "stats": data_stats},
+        "validate": validate,
+        "score": score,
     }
 
 
@@ -39,8 +116,12 @@ def data_export(*, split: str, out: Path, tasks: int | None = None) -> int:
         out: Folder for arc-agi_{training,evaluation}_{challenges,solutions}.json.
         tasks: Keep only the first N tasks (sorted by id).
     """
-    from arcttt.data import export_split
+    from arcttt.data import SPLITS, export_split
 
+    if split not in SPLITS:
+        return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if tasks is not None and tasks < 1:
+        return _error(f"--tasks must be at least 1, got {tasks}")
     for path in export_split(split, out, limit=tasks):
         print(path)
     return 0
@@ -54,10 +135,81 @@ def data_stats(*, split: str) -> int:
     """
     from dataclasses import asdict
 
-    from arcttt.data import load_split, split_stats
+    from arcttt.data import SPLITS, load_split, split_stats
 
+    if split not in SPLITS:
+        return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     for key, value in asdict(split_stats(load_split(split), split)).items():
         print(f"{key:>20}: {value}")
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- submission, score --------------------------------------------------------------------------
+
+def validate(submission: Path, *, challenges: Path) -> int:
+    """Check a submission's format against a challenges file, as Kaggle would before scoring.
+
+    Prints "valid: N tasks, M outputs" and exits 0, or one line per fault and exits 1. Every task
+    of the challenges whose test count is readable is expected, malformed ones included.
+
+    Args:
+        submission: The submission.json to check.
+        challenges: The challenges file it answers (arc-agi_*_challenges.json).
+    """
+    from arcttt.data import load_challenges
+    from arcttt.submission import load_submission, validate_submission
+
+    counts = load_challenges(challenges).test_counts()
+    faults = validate_submission(load_submission(submission), counts)
+    for fault in faults:
+        print(fault)
+    if faults:
+        return 1
+    print(f"valid: {len(counts)} tasks, {sum(counts.values())} outputs")
+    return 0
+
+
+def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
+    """Score a submission with the competition metric: a test output counts if either attempt equals
+    the truth; score = correct outputs / all outputs of the tasks in the solutions.
+
+    Prints a per-task table and the total; format faults are warned about on stderr (Kaggle would
+    refuse such a submission), but whatever can be scored is scored.
+
+    Args:
+        submission: The submission.json to score.
+        solutions: The solutions file (arc-agi_*_solutions.json).
+        json: Print one JSON object instead (score, correct, total, tasks, per_task, faults).
+    """
+    import json as json_lib
+
+    from arcttt.data import TaskError, load_solutions
+    from arcttt.score import score_submission
+    from arcttt.submission import load_submission, validate_submission
+
+    obj = load_submission(submission)
+    try:
+        truth = load_solutions(solutions)
+    except TaskError as e:
+        return _error(f"solutions file {solutions}: {e}")
+    result = score_submission(obj, truth)
+    faults = validate_submission(obj, {tid: len(grids) for tid, grids in truth.items()})
+    if faults:
+        print(f"warning: {len(faults)} format faults (Kaggle would refuse this submission); "
+              f"first: {faults[0]}", file=sys.stderr)
+    if json:
+        print(json_lib.dumps(result.to_json() | {"faults": faults}))
+        return 0
+    width = max([len(r.task_id) for r in result.per_task] + [4])
+    print(f"{'task':<{width}}  correct  status")
+    for r in result.per_task:
+        print(f"{r.task_id:<{width}}  {r.correct:>3}/{r.total:<3}  {r.status}")
+    print(f"score: {result.score:.4f} ({result.correct}/{result.total} test outputs, {len(result.per_task)} tasks)")
     return 0
 
 
