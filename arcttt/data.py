@@ -13,7 +13,7 @@ import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -90,28 +90,37 @@ class Challenges:
 def parse_grid(obj: Any, where: str = "grid") -> np.ndarray:
     """Validate a JSON grid (list of int rows) and return it as a uint8 array.
 
-    Raises GridError with ``where`` in the message: non-list, empty, ragged, sides outside
-    1-30, values not integers (bools and floats are refused) or outside 0-9.
+    Raises GridError whose message starts with ``where`` and names the fault and its place: not a
+    list, empty, a row that is not a list, ragged rows, sides outside 1-30, a value that is not an
+    integer (bools, floats and strings are refused) or outside 0-9, as ``where[row][col]``.
     """
     if isinstance(obj, np.ndarray):
         obj = obj.tolist()
     if not isinstance(obj, list) or not obj:
-        raise GridError(f"{where}: not a non-empty list of rows")
-    if not all(isinstance(row, list) for row in obj):
-        raise GridError(f"{where}: rows must be lists")
+        raise GridError(f"{where}: not a non-empty list of rows (got {_describe(obj)})")
+    for r, row in enumerate(obj):
+        if not isinstance(row, list):
+            raise GridError(f"{where}[{r}]: row is not a list (got {_describe(row)})")
     width = len(obj[0])
-    if any(len(row) != width for row in obj):
-        raise GridError(f"{where}: rows of unequal length (not rectangular)")
+    for r, row in enumerate(obj):
+        if len(row) != width:
+            raise GridError(f"{where}[{r}]: row has {len(row)} cells, row 0 has {width} (not rectangular)")
     h = len(obj)
     if not (1 <= h <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise GridError(f"{where}: size {h}x{width} outside 1x1..{MAX_SIDE}x{MAX_SIDE}")
-    for row in obj:
-        for v in row:
+    for r, row in enumerate(obj):
+        for c, v in enumerate(row):
+            # bool is an int subclass and numpy bools are not Integral: both are refused here
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise GridError(f"{where}: value {v!r} is not an integer")
+                raise GridError(f"{where}[{r}][{c}]: value {v!r} is not an integer")
             if not 0 <= v <= 9:
-                raise GridError(f"{where}: value {v} outside 0-9")
+                raise GridError(f"{where}[{r}][{c}]: value {v} outside 0-9")
     return np.array(obj, dtype=np.uint8)
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 40 else f"{type(obj).__name__} {text[:30]}..."
 
 
 def grid_to_list(grid: np.ndarray) -> list[list[int]]:
@@ -161,21 +170,26 @@ def parse_task(task_id: str, raw: Any, solutions: list[Any] | None = None) -> Ta
 
 
 def read_json(path: str | Path, what: str) -> Any:
+    """Decode a JSON file; any way it cannot be read raises DataFileError naming ``what`` and the path."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise DataFileError(f"{what} file {path}: cannot read ({e.strerror or e})") from None
     try:
-        return json.loads(text)
+        return json.loads(data)  # bytes: json detects UTF-8/16/32 itself
     except json.JSONDecodeError as e:
         raise DataFileError(f"{what} file {path}: not JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise DataFileError(f"{what} file {path}: not JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DataFileError(f"{what} file {path}: not usable JSON (nested too deeply)") from None
 
 
 def tasks_from_json(data: Any, source: str = "challenges") -> Challenges:
     """Split a decoded challenges object into good tasks and rejected ones."""
     if not isinstance(data, dict):
-        raise DataFileError(f"{source}: not a JSON object of tasks (got {type(data).__name__})")
+        raise DataFileError(f"{source}: not a JSON object of tasks (got {_json_type(data)})")
     out = Challenges(tasks={}, ids=[str(k) for k in data])
     for task_id, raw in data.items():
         try:
@@ -185,16 +199,32 @@ def tasks_from_json(data: Any, source: str = "challenges") -> Challenges:
     return out
 
 
+def _json_type(obj: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if obj is None else names.get(type(obj), type(obj).__name__)
+
+
+def log_rejected(challenges: Challenges, log: Callable[[str], None] = print) -> None:
+    """Send one line per rejected task to ``log`` (e.g. a run log's write): the reason, and what the
+    submission holds for it (defaults for each readable test input, or nothing if the count is unreadable)."""
+    for r in challenges.rejected:
+        if r.n_test is None:
+            fate = "test count unreadable: no submission entry"
+        else:
+            fate = f"submission keeps {r.n_test} default entr{'y' if r.n_test == 1 else 'ies'}"
+        log(f"rejected {r.reason} ({fate})")
+
+
 def load_challenges(path: str | Path) -> Challenges:
     """Load a Kaggle challenges file; bad tasks go to ``.rejected`` and never stop the others."""
-    return tasks_from_json(read_json(path, "challenges"), str(path))
+    return tasks_from_json(read_json(path, "challenges"), f"challenges file {path}")
 
 
 def load_solutions(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Load a Kaggle solutions file ``{id: [grid, ...]}``; a malformed entry raises TaskError."""
     data = read_json(path, "solutions")
     if not isinstance(data, dict):
-        raise DataFileError(f"solutions file {path}: not a JSON object of tasks")
+        raise DataFileError(f"solutions file {path}: not a JSON object of tasks (got {_json_type(data)})")
     out = {}
     for task_id, grids in data.items():
         if not isinstance(grids, list) or not grids:
@@ -231,6 +261,8 @@ def export_split(split: str, out_dir: str | Path, limit: int | None = None) -> t
 
     ``limit`` keeps the first N tasks (by id). Returns the two paths.
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 task, got {limit}")
     challenges, solutions = bundled_split(split)
     if limit is not None:
         keep = list(challenges)[:limit]
