@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set up arcttt in ./.venv (created, or reused if present). Safe to run again.
+#
+#   bash scripts/setup.sh          # the package and its runtime dependencies
+#   bash scripts/setup.sh --dev    # plus the test tools (pytest, hypothesis, ...)
+#
+# Environment:
+#   PYTHON           interpreter that creates the venv (default: python3, must be 3.10+)
+#   TORCH_INDEX_URL  index for the CPU torch wheel on machines without a CUDA GPU,
+#                    e.g. https://download.pytorch.org/whl/cpu (default: pip's configured indexes)
+set -euo pipefail
+
+TORCH_VERSION=2.13.0
+dev=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) dev=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "setup.sh: $python is missing or older than Python 3.10" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+py=.venv/bin/python
+pip=("$py" -m pip --disable-pip-version-check)
+
+echo "setup.sh: pip"
+"${pip[@]}" install --quiet --upgrade pip
+
+# Without a CUDA GPU, install the CPU torch before anything that depends on torch, so that pip
+# resolves "torch" to it instead of pulling the default wheel with its CUDA libraries (GBs).
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    if "$py" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
+        echo "setup.sh: torch $TORCH_VERSION already installed"
+    else
+        echo "setup.sh: torch $TORCH_VERSION (CPU)"
+        "${pip[@]}" install --quiet "torch==$TORCH_VERSION" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+    fi
+fi
+
+if [ "$dev" = 1 ]; then
+    echo "setup.sh: arcttt with dev extras"
+    "${pip[@]}" install --quiet -e ".[dev]"
+
+    # --- extra dev steps (add below, each optional and idempotent) ---------------------------------
+    # ------------------------------------------------------------------------------------------------
+else
+    echo "setup.sh: arcttt"
+    "${pip[@]}" install --quiet -e .
+fi
+
+echo "setup.sh: done ($("$py" -c 'import arcttt, torch; print(f"arcttt {arcttt.__version__}, torch {torch.__version__}")'))"
