@@ -41,10 +41,14 @@ class Augmentation:
     def __post_init__(self):
         if self.symmetry not in _D8:
             raise ValueError(f"unknown symmetry {self.symmetry!r}; one of {', '.join(D8_NAMES)}")
+        # tuples of Python ints whatever came in, so equal augmentations compare and hash equal
+        object.__setattr__(self, "colours", tuple(int(c) for c in self.colours))
         if sorted(self.colours) != list(range(10)):
             raise ValueError(f"colours {self.colours} is not a permutation of 0-9")
-        if self.order is not None and sorted(self.order) != list(range(len(self.order))):
-            raise ValueError(f"order {self.order} is not a permutation")
+        if self.order is not None:
+            object.__setattr__(self, "order", tuple(int(i) for i in self.order))
+            if sorted(self.order) != list(range(len(self.order))):
+                raise ValueError(f"order {self.order} is not a permutation of 0..{len(self.order) - 1}")
 
     @property
     def key(self) -> str:
@@ -57,16 +61,29 @@ class Augmentation:
 
     @classmethod
     def from_key(cls, key: str) -> Augmentation:
+        """The augmentation of a key written by :attr:`key`; a malformed key raises ValueError
+        naming the key and the fault."""
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"bad augmentation key {key!r}: not a non-empty string")
         symmetry, *rest = key.split("/")
         kwargs: dict = {"symmetry": symmetry}
         try:
             for part in rest:
-                if part.startswith("c") and len(part) == 11:
-                    kwargs["colours"] = tuple(int(ch) for ch in part[1:])
-                elif part.startswith("o"):
-                    kwargs["order"] = tuple(int(i) for i in part[1:].split(",")) if part[1:] else ()
+                name = {"c": "colours", "o": "order"}.get(part[:1])
+                if name is None:
+                    raise ValueError(f"part {part!r} is neither 'c' + 10 digits nor 'o' + comma-separated indices")
+                if name in kwargs:
+                    raise ValueError(f"{name} given twice")
+                body = part[1:]
+                if name == "colours":
+                    if len(body) != 10 or not body.isascii() or not body.isdigit():
+                        raise ValueError(f"colours part {part!r} is not 'c' followed by 10 digits")
+                    kwargs["colours"] = tuple(int(ch) for ch in body)
                 else:
-                    raise ValueError(part)
+                    items = body.split(",") if body else []
+                    if not all(i.isascii() and i.isdigit() for i in items):
+                        raise ValueError(f"order part {part!r} is not 'o' followed by comma-separated indices")
+                    kwargs["order"] = tuple(int(i) for i in items)
             return cls(**kwargs)
         except ValueError as e:
             raise ValueError(f"bad augmentation key {key!r}: {e}") from None
