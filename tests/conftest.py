@@ -24,3 +24,99 @@ def arc1_train():
     from arcttt.data import load_split
 
     return load_split("arc-agi-1-train")
+
+
+# --- a hand-made run directory (profiling, report) ------------------------------------------------
+# Six real arc-agi-1-eval tasks on two workers, budget 1000 s from RUN_START; the figures tests check
+# follow from the spans below. Session-scoped: a test that changes it must copy it first.
+RUN_START = 1_700_000_000.0
+HANDMADE_TASKS = {  # id: (status, worker, start, end, phases as (name, start, end), tests answered right)
+    "00576224": ("ok", 0, 5, 105, [("data", 5, 6), ("ttt", 6, 66), ("search", 66, 96), ("select", 96, 104)], [True]),
+    "0c786b71": ("ok", 0, 110, 230, [("data", 110, 112), ("ttt", 112, 182), ("search", 182, 212),
+                                     ("select", 212, 228)], [False]),
+    "03560426": ("timeout", 0, 240, 300, [("data", 240, 241), ("ttt", 241, 300)], None),
+    "6ea4a07e": ("ok", 1, 20, 80, [("data", 20, 21), ("ttt", 21, 51), ("search", 51, 61), ("select", 61, 65),
+                                   ("search", 65, 75), ("select", 75, 79)], [True, False]),
+    "0c9aba6e": ("error", 1, 90, 95, [("data", 90, 91), ("ttt", 91, 94)], None),
+    "0692e18c": ("ok", 1, 100, 250, [("data", 100, 102), ("ttt", 102, 202), ("search", 202, 232),
+                                     ("select", 232, 248)], [True]),
+}
+
+
+@pytest.fixture(scope="session")
+def handmade_run(tmp_path_factory):
+    """(run_dir, challenges_path, solutions_path) of a finished run written by hand."""
+    import json
+
+    from arcttt.data import bundled_split
+
+    root = tmp_path_factory.mktemp("handmade")
+    challenges, solutions = bundled_split("arc-agi-1-eval")
+    challenges = {tid: challenges[tid] for tid in HANDMADE_TASKS}
+    solutions = {tid: solutions[tid] for tid in HANDMADE_TASKS}
+    chal_path, sol_path = root / "challenges.json", root / "solutions.json"
+    chal_path.write_text(json.dumps(challenges))
+    sol_path.write_text(json.dumps(solutions))
+
+    def changed(grid, k):  # the truth with cell (0, 0) recoloured: a near miss
+        return [[(v + k) % 10 if (r, c) == (0, 0) else v for c, v in enumerate(row)] for r, row in enumerate(grid)]
+
+    run_dir = root / "run"
+    (run_dir / "tasks").mkdir(parents=True)
+    submission = {}
+    for tid, (status, worker, start, end, phases, right) in HANDMADE_TASKS.items():
+        tests = []
+        for i, truth in enumerate(solutions[tid]):
+            if right is None:
+                tests.append({"attempts": [[[0]], [[0]]], "candidates": []})
+                continue
+            ranked = [truth, changed(truth, 1), changed(truth, 2)] if right[i] else \
+                [changed(truth, 1), changed(truth, 2), truth]
+            cands = [{"grid": g, "hits": 7 - 2 * k, "search_logprob": -0.2 - k, "score": -0.8 - 1.1 * k}
+                     for k, g in enumerate(ranked)]
+            tests.append({"attempts": ranked[:2], "candidates": cands})
+        submission[tid] = [{"attempt_1": t["attempts"][0], "attempt_2": t["attempts"][1]} for t in tests]
+        result = {"task_id": tid, "status": status, "worker": worker,
+                  "start": RUN_START + start, "end": RUN_START + end,
+                  "phases": [{"phase": n, "start": RUN_START + s, "end": RUN_START + e} for n, s, e in phases],
+                  "tests": [] if status == "error" else tests}
+        if status == "error":
+            result["error"] = "RuntimeError: CUDA out of memory (tried to allocate 2.00 GiB)"
+        else:  # the error task also lacks "ttt": readers must cope with missing optional fields
+            result["ttt"] = {"steps": 10 * len(phases), "tokens": 4096, "tokens_per_s": 512.0,
+                             "losses": [2.25, 1.5, 0.75 if status == "ok" else 1.25], "skipped": None}
+        (run_dir / "tasks" / f"{tid}.json").write_text(json.dumps(result))
+    (run_dir / "run.json").write_text(json.dumps({
+        "start": RUN_START, "deadline": RUN_START + 1000, "budget_s": 1000.0, "workers": 2,
+        "challenges": str(chal_path), "model": "tiny-random", "tasks": list(HANDMADE_TASKS)}))
+    (run_dir / "config.json").write_text(json.dumps({"preset": "cpu-tiny", "ttt": {"lora_rank": 8}}))
+    (run_dir / "log.txt").write_text("12:00:00 main run: 6 tasks to do, 2 workers\n"
+                                     "12:01:35 worker 1 task 0c9aba6e failed: RuntimeError: CUDA out of memory\n")
+    sub = run_dir / "submission.json"
+    sub.write_text(json.dumps(submission))
+    os.utime(sub, (RUN_START + 310, RUN_START + 310))
+    return run_dir, chal_path, sol_path
+
+
+@pytest.fixture(scope="session")
+def bpe_chat_tokenizer():
+    """A byte-level BPE tokenizer trained here on a few lines of ChatML text, like a real chat
+    model's (Qwen-style: digits split one per token, newline spelled "Ċ", ChatML special tokens
+    among ~300 others). Built locally with the ``tokenizers`` trainer; no download."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n0123\n4567\n89\n"
+              "<|im_end|>\n<|im_start|>assistant\n3210\n<|im_end|>\n",
+              "the quick brown fox jumps over the lazy dog, a user asks and an assistant answers"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
