@@ -115,23 +115,37 @@ def compact_token_map() -> TokenMap:
                     (i["<E>"],), i["<pad>"])
 
 
-def _single_id(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
-    """The id of ``text`` if the tokenizer encodes it as exactly one token, else None."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) == 1:
-        return int(ids[0])
-    # byte-level vocabularies spell some tokens differently from their text; a literal entry counts
-    return tokenizer.get_vocab().get(text)
+def _try_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int] | str:
+    """The ids of ``text``, or why the tokenizer cannot encode it (a word-level vocabulary without
+    an unknown token raises a bare ``Exception`` from the ``tokenizers`` library)."""
+    try:
+        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+        return f"cannot encode it ({e})"
+
+
+def _single_id(tokenizer: PreTrainedTokenizerBase, text: str, by_string: bool = False) -> int | None:
+    """The id of ``text`` if the tokenizer encodes it as exactly one known token, else None; with
+    ``by_string`` also a vocabulary entry spelled ``text`` that encoding would split."""
+    ids = _try_encode(tokenizer, text)
+    if isinstance(ids, list) and len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
+        return ids[0]
+    return tokenizer.get_vocab().get(text) if by_string else None
 
 
 def _piece_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
-    return tuple(int(i) for i in tokenizer.encode(text, add_special_tokens=False)) if text else ()
+    ids = _try_encode(tokenizer, text) if text else []
+    if isinstance(ids, str) or tokenizer.unk_token_id in ids:
+        raise FormatError(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__}: "
+                          f"marker {text!r} {ids if isinstance(ids, str) else 'has unknown tokens'}")
+    return tuple(ids)
 
 
 def token_map_from_tokenizer(format_name: str, tokenizer: PreTrainedTokenizerBase) -> TokenMap:
     """The ids of every piece of ``format_name`` in a Hugging Face tokenizer.
 
-    ``compact`` needs each of :data:`COMPACT_TOKENS` as one token (looked up by its text).
+    ``compact`` needs each of :data:`COMPACT_TOKENS` as one token (markers may be found by their
+    token string alone).
     ``chat`` encodes each of :data:`CHAT_PIECES` (``add_special_tokens=False``) and needs the
     ChatML special tokens ``<|im_start|>``/``<|im_end|>``; its pad is the tokenizer's pad (else eos).
     Both need every digit and the newline to be single tokens. Raises :class:`FormatError`.
@@ -140,18 +154,20 @@ def token_map_from_tokenizer(format_name: str, tokenizer: PreTrainedTokenizerBas
     if format_name not in FORMATS:
         raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
 
-    def single(text: str, why: str) -> int:
-        i = _single_id(tokenizer, text)
+    def single(text: str, why: str, by_string: bool = False) -> int:
+        i = _single_id(tokenizer, text, by_string)
         if i is None:
-            pieces = tokenizer.encode(text, add_special_tokens=False)
-            raise FormatError(f"tokenizer {name}: {text!r} is not a single token (encodes to {pieces}); "
+            ids = _try_encode(tokenizer, text)
+            got = ids if isinstance(ids, str) else f"encodes to {ids}"
+            raise FormatError(f"tokenizer {name}: {text!r} is not a single known token ({got}); "
                               f"the {format_name} format needs {why}")
         return i
 
     digits = tuple(single(str(d), "every digit as one token") for d in range(10))
     newline = single("\n", "the newline as one token")
     if format_name == "compact":
-        ids = {t: single(t, "its 16 tokens (see COMPACT_TOKENS; build_tokenizer('compact') makes them)")
+        # markers are never typed as text, so a vocabulary entry of that spelling is enough
+        ids = {t: single(t, "its 16 tokens (see COMPACT_TOKENS; build_tokenizer('compact') makes them)", True)
                for t in COMPACT_TOKENS[11:]}
         return TokenMap("compact", digits, newline, (ids["<s>"],), (ids["<I>"],), (ids["<O>"],),
                         (ids["<E>"],), ids["<pad>"])
