@@ -26,6 +26,8 @@ _D8 = {
     "antitranspose": (lambda g: np.rot90(g, 2).T, lambda g: np.rot90(g.T, 2)),
 }
 D8_NAMES: tuple[str, ...] = tuple(_D8)
+# the symmetries that swap height and width
+TRANSPOSING = frozenset({"rot90", "rot270", "transpose", "antitranspose"})
 IDENTITY_COLOURS: tuple[int, ...] = tuple(range(10))
 
 
@@ -92,6 +94,11 @@ class Augmentation:
     def is_identity(self) -> bool:
         return self.symmetry == "id" and self.colours == IDENTITY_COLOURS and (
             self.order is None or self.order == tuple(range(len(self.order))))
+
+    def shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The shape of an augmented grid of ``shape`` (without building it)."""
+        h, w = shape
+        return (w, h) if self.symmetry in TRANSPOSING else (h, w)
 
     def grid(self, g: np.ndarray) -> np.ndarray:
         """The augmented grid (a new contiguous array)."""

@@ -35,7 +35,7 @@ def augmentations(draw, n_order: int | None = None):
 def test_invert_undoes_apply(g, aug):
     out = aug.grid(g)
     assert out.dtype == np.uint8 and out.flags.c_contiguous
-    assert sorted(out.shape) == sorted(g.shape)
+    assert out.shape == aug.shape(g.shape)
     assert np.array_equal(aug.invert_grid(out), g)
     # the inverse is a bijection too: applying after inverting gives the grid back
     assert np.array_equal(aug.grid(aug.invert_grid(g)), g)
