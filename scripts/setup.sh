@@ -49,6 +49,19 @@ if [ "$dev" = 1 ]; then
     "${pip[@]}" install --quiet -e ".[dev]"
 
     # --- extra dev steps (add below, each optional and idempotent) ---------------------------------
+    # Headless chromium for the report's browser test (tests/test_report.py, marker `browser`; it
+    # skips without it). Debian packages only, as root; about 120 MB download, 500 MB installed.
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        echo "setup.sh: chromium already installed"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: chromium (apt-get, for the report's browser test)"
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+               && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+            echo "setup.sh: chromium could not be installed; the browser test will be skipped" >&2
+        fi
+    else
+        echo "setup.sh: no chromium (needs root and apt-get); the browser test will be skipped"
+    fi
     # ------------------------------------------------------------------------------------------------
 else
     echo "setup.sh: arcttt"
