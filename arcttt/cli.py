@@ -103,6 +103,9 @@ def commands() -> dict:
         "data": {"export": data_export, "stats": data_stats},
         "validate": validate,
         "score": score,
+        "report": report,
+        "show": show,
+        "profile": profile,
     }
 
 
@@ -210,6 +213,87 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
     for r in result.per_task:
         print(f"{r.task_id:<{width}}  {r.correct:>3}/{r.total:<3}  {r.status}")
     print(f"score: {result.score:.4f} ({result.correct}/{result.total} test outputs, {len(result.per_task)} tasks)")
+    return 0
+
+
+
+# --- report, profiling ----------------------------------------------------------------------------
+
+def report(run_dir: Path, *, solutions: Path | None = None) -> int:
+    """Write RUN_DIR/report.html: one self-contained page showing the score, where the time went, a
+    sortable table of every task and each task's grids (train pairs, test inputs, both attempts, the
+    truth, the top candidates), with filters for solved / failed / defaulted tasks. Open it in any
+    browser; it needs no network.
+
+    Args:
+        run_dir: A run directory written by `arcttt run` or `arcttt dry-run`.
+        solutions: Kaggle solutions file ({id: [grid, ...]}); adds the score and the truths.
+    """
+    from arcttt.data import TaskError
+    from arcttt.profiling import RunDirError
+    from arcttt.report import write_report
+
+    try:
+        path = write_report(run_dir, solutions)
+    except (RunDirError, TaskError) as e:
+        return _error(str(e))
+    print(path)
+    return 0
+
+
+def show(task_id: str, *, challenges: Path, solutions: Path | None = None, out: Path | None = None) -> int:
+    """Draw one task to a PNG: its train pairs and test inputs, and the test outputs if solutions are
+    given, in the ARC colours.
+
+    Args:
+        task_id: The task's id, e.g. 00576224.
+        challenges: Kaggle challenges file holding the task.
+        solutions: Kaggle solutions file, to draw the test outputs too.
+        out: PNG to write (default: TASK_ID.png in the current folder).
+    """
+    from arcttt.data import TaskError
+    from arcttt.report import draw_task, find_task
+
+    try:
+        task = find_task(challenges, task_id, solutions)
+    except TaskError as e:
+        return _error(str(e))
+    print(draw_task(task, out or Path(f"{task_id}.png")))
+    return 0
+
+
+def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path | None = None,
+            config: str = "kaggle-l4x4", calibration: Path | None = None) -> int:
+    """Where a run's time went: per-phase totals (seconds and share of the budget), per-task rows,
+    idle time per worker and the margin left at the deadline; saves RUN_DIR/timeline.png.
+    With --plan, estimate instead from measured per-token costs whether a full run fits the budget.
+
+    Args:
+        run_dir: A run directory written by `arcttt run` or `arcttt dry-run` (not with --plan).
+        plan: Estimate a run of CHALLENGES under CONFIG instead of reading a run directory.
+        challenges: With --plan: the challenges file to plan for.
+        config: With --plan: the preset or config file to plan for.
+        calibration: With --plan: measured per-token costs (JSON) to plan with.
+    """
+    if plan:
+        if challenges is None:
+            return _error("--plan needs --challenges FILE")
+        try:
+            from arcttt.budget import plan_report
+        except ImportError:
+            return _error("profile --plan is not available yet (arcttt.budget.plan_report is missing)")
+        print(plan_report(challenges, config, calibration))
+        return 0
+    if run_dir is None:
+        return _error("give a RUN_DIR to profile, or --plan --challenges FILE")
+    from arcttt.profiling import RunDirError, load_run, summary, timeline_figure
+
+    try:
+        run = load_run(run_dir)
+    except RunDirError as e:
+        return _error(str(e))
+    print(summary(run))
+    print(f"\ntimeline: {timeline_figure(run, Path(run_dir) / 'timeline.png')}")
     return 0
 
 
