@@ -1,0 +1,284 @@
+"""Kaggle packaging: finding the inputs in both mount layouts, the preset choice, the notebook's
+settings and budget, the metadata files, and the wheelhouse pins against pyproject."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from arcttt import kaggle
+from arcttt.kaggle import Gpu, InputsError, NotebookSettings, choose_preset, find_challenges, find_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+KAGGLE_DIR = REPO / "kaggle"
+
+
+def touch(path: Path, text: str = "{}") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def competition_files(folder: Path) -> None:
+    for name in (kaggle.TEST_CHALLENGES, kaggle.EVAL_CHALLENGES, kaggle.EVAL_SOLUTIONS, "sample_submission.json"):
+        touch(folder / name)
+
+
+def model_files(folder: Path) -> None:
+    for name in (*kaggle.MODEL_FILES, "model.safetensors"):
+        touch(folder / name)
+
+
+def flat_tree(root: Path) -> dict[str, Path]:
+    """The 2024-2025 layout: every source directly under the root."""
+    comp, model = root / "arc-prize-2025", root / "arcttt-tiny-model"
+    competition_files(comp)
+    model_files(model)
+    touch(root / "arcttt-code" / "arcttt-0.1.0-py3-none-any.whl", "")
+    touch(root / "arcttt-wheelhouse" / "peft-0.21.2-py3-none-any.whl", "")
+    return {"competition": comp, "model": model, "code": root / "arcttt-code", "wheels": root / "arcttt-wheelhouse"}
+
+
+def nested_tree(root: Path) -> dict[str, Path]:
+    """The 2026 layout: competitions/<slug>, datasets/<owner>/<slug>, models/<owner>/<model>/<fw>/<var>/<ver>."""
+    comp = root / "competitions" / "arc-prize-2026"
+    model = root / "models" / "someone" / "arcttt-tiny" / "transformers" / "compact" / "1"
+    competition_files(comp)
+    model_files(model)
+    touch(root / "datasets" / "someone" / "arcttt-code" / "arcttt-0.1.0-py3-none-any.whl", "")
+    touch(root / "datasets" / "someone" / "arcttt-wheelhouse" / "peft-0.21.2-py3-none-any.whl", "")
+    return {"competition": comp, "model": model, "code": root / "datasets" / "someone" / "arcttt-code",
+            "wheels": root / "datasets" / "someone" / "arcttt-wheelhouse"}
+
+
+@pytest.mark.parametrize("layout", [flat_tree, nested_tree])
+def test_find_inputs_in_both_layouts(tmp_path, layout):
+    where = layout(tmp_path)
+    found = find_inputs(tmp_path)
+    assert found.challenges == where["competition"] / kaggle.TEST_CHALLENGES
+    assert found.evaluation_challenges == where["competition"] / kaggle.EVAL_CHALLENGES
+    assert found.evaluation_solutions == where["competition"] / kaggle.EVAL_SOLUTIONS
+    assert found.model_dir == where["model"]
+    assert set(found.wheel_dirs) == {where["code"], where["wheels"]}
+    assert find_challenges(tmp_path) == found.challenges
+
+
+@pytest.mark.parametrize("layout", [flat_tree, nested_tree])
+def test_the_competition_copy_wins_over_a_dataset_copy(tmp_path, layout):
+    where = layout(tmp_path)
+    # a dataset attached for other reasons that also holds (public) copies of the competition files,
+    # shallower than the nested competition folder and sorted before it
+    decoy = tmp_path / "a-arc-data"
+    competition_files(decoy)
+    found = find_inputs(tmp_path)
+    assert found.challenges.parent == where["competition"]
+    assert found.evaluation_solutions.parent == where["competition"]
+
+
+def test_evaluation_files_are_optional_and_found_elsewhere(tmp_path):
+    touch(tmp_path / "arc-prize-2025" / kaggle.TEST_CHALLENGES)
+    model_files(tmp_path / "m")
+    assert find_inputs(tmp_path).evaluation_challenges is None
+    competition_files(tmp_path / "datasets" / "o" / "arc-eval")
+    found = find_inputs(tmp_path)
+    assert found.challenges.parent == tmp_path / "arc-prize-2025"
+    assert found.evaluation_challenges.parent == tmp_path / "datasets" / "o" / "arc-eval"
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(InputsError, match="ARCTTT_KAGGLE_INPUT"):
+        find_inputs(tmp_path / "nowhere")
+
+
+def test_missing_challenges_is_a_clear_error(tmp_path):
+    model_files(tmp_path / "m")
+    with pytest.raises(InputsError, match=r"no arc-agi_test_challenges\.json .*attach the competition"):
+        find_inputs(tmp_path)
+    with pytest.raises(InputsError, match="arc-agi_test_challenges.json"):
+        find_challenges(tmp_path)
+
+
+def test_missing_model_is_a_clear_error_and_names_unprepared_models(tmp_path):
+    competition_files(tmp_path / "arc-prize-2025")
+    with pytest.raises(InputsError, match="prepare-weights") as e:
+        find_inputs(tmp_path)
+    assert "without arcttt.json" not in str(e.value)
+    hf = tmp_path / "qwen3-4b"
+    touch(hf / "config.json")
+    touch(hf / "model.safetensors", "")
+    with pytest.raises(InputsError, match="without arcttt.json.*qwen3-4b"):
+        find_inputs(tmp_path)
+
+
+def test_several_models_need_a_fragment(tmp_path):
+    competition_files(tmp_path / "arc-prize-2025")
+    model_files(tmp_path / "models" / "o" / "small" / "transformers" / "a" / "1")
+    model_files(tmp_path / "models" / "o" / "large" / "transformers" / "a" / "1")
+    with pytest.raises(InputsError, match="2 model directories.*ARCTTT_MODEL"):
+        find_inputs(tmp_path)
+    assert find_inputs(tmp_path, model="large").model_dir.parts[-4] == "large"
+    with pytest.raises(InputsError, match="matches 0"):
+        find_inputs(tmp_path, model="medium")
+    with pytest.raises(InputsError, match="matches 2"):
+        find_inputs(tmp_path, model="transformers")
+
+
+def test_search_depth_is_bounded(tmp_path):
+    competition_files(tmp_path / "arc-prize-2025")
+    deep = tmp_path.joinpath(*["d"] * (kaggle.MAX_DEPTH + 2))
+    model_files(deep)
+    with pytest.raises(InputsError, match="no model directory"):
+        find_inputs(tmp_path)
+
+
+T4 = Gpu(0, "Tesla T4", (7, 5), 15.0)
+L4 = Gpu(0, "NVIDIA L4", (8, 9), 22.0)
+
+
+@pytest.mark.parametrize("gpus, preset", [
+    ([], "cpu-smoke"),
+    ([L4, L4, L4, L4], "kaggle-l4x4"),
+    ([L4], "kaggle-l4x4"),
+    ([T4, T4], "kaggle-t4x2"),
+    ([L4, T4], "kaggle-t4x2"),
+    ([Gpu(0, "Tesla P100-PCIE-16GB", (6, 0), 16.0)], "kaggle-t4x2"),
+])
+def test_choose_preset(gpus, preset):
+    assert choose_preset(gpus) == preset
+
+
+def test_choose_preset_on_this_machine_names_a_real_preset():
+    from arcttt.config import PRESETS
+
+    assert choose_preset() in PRESETS
+
+
+def test_machine_report_lists_the_gpus():
+    text = kaggle.machine_report([L4, T4])
+    assert "NVIDIA L4" in text and "bf16 native" in text and "Tesla T4" in text and "fp16" in text
+    assert "python" in kaggle.machine_report([])
+
+
+def test_set_offline_env(tmp_path):
+    env = {"HF_HUB_OFFLINE": "0"}
+    kaggle.set_offline_env(env, tmp_path / "cache")
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == env["UNSLOTH_DISABLE_STATISTICS"] == "1"
+    assert Path(env["UNSLOTH_COMPILE_LOCATION"]).is_dir()
+
+
+def test_settings_from_env():
+    s = NotebookSettings.from_env({})
+    assert s.input_root == Path("/kaggle/input") and s.working_dir == Path("/kaggle/working")
+    assert not s.rerun and s.time_budget_s is None
+    s = NotebookSettings.from_env({"ARCTTT_KAGGLE_INPUT": "/x", "ARCTTT_KAGGLE_WORKING": "/y",
+                                   "KAGGLE_IS_COMPETITION_RERUN": "True", "ARCTTT_TIME_BUDGET": "60",
+                                   "ARCTTT_SELFCHECK_TASKS": "0", "ARCTTT_PRESET": "kaggle-t4x2"})
+    assert (s.input_root, s.working_dir, s.rerun, s.time_budget_s, s.selfcheck_tasks, s.preset) == (
+        Path("/x"), Path("/y"), True, 60.0, 0, "kaggle-t4x2")
+    with pytest.raises(ValueError, match="ARCTTT_TIME_BUDGET='soon'"):
+        NotebookSettings.from_env({"ARCTTT_TIME_BUDGET": "soon"})
+    with pytest.raises(ValueError, match="time_budget_s must be > 0"):
+        NotebookSettings(time_budget_s=-1)
+
+
+def test_submission_budget_counts_from_the_notebook_start():
+    limit = kaggle.KAGGLE_LIMIT_S
+    rerun = NotebookSettings(rerun=True, margin_s=900)
+    assert rerun.submission_budget(start=0, now=100) == limit - 900 - 100
+    assert rerun.submission_budget(start=0, now=limit) == 30.0  # late: still long enough for defaults
+    asked = NotebookSettings(rerun=True, time_budget_s=600)
+    assert asked.submission_budget(start=0, now=100) == 600
+    assert NotebookSettings(time_budget_s=10 * limit).submission_budget(0, 0) == limit - 900
+    assert NotebookSettings().submission_budget(0, 0) == NotebookSettings().interactive_budget_s
+
+
+# --- metadata files and the wheelhouse ------------------------------------------------------------
+
+KERNEL_FIELDS = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
+                 "enable_internet", "dataset_sources", "competition_sources", "model_sources",
+                 "kernel_sources", "machine_shape"}
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("kaggle_build", KAGGLE_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_metadata():
+    meta = json.loads((KAGGLE_DIR / "kernel-metadata.json").read_text())
+    assert KERNEL_FIELDS <= set(meta)
+    assert meta["enable_internet"] is False  # the CLI leaves it to the server when absent
+    assert meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaL4"
+    assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
+    assert (KAGGLE_DIR / meta["code_file"]).resolve() == (REPO / "notebooks" / "arcttt-submit.ipynb").resolve()
+    assert meta["competition_sources"] == ["arc-prize-2025"]
+    slugs = {s.split("/")[1] for s in meta["dataset_sources"]}
+    assert slugs == {"arcttt-code", "arcttt-wheelhouse"}
+    for folder in ("code-dataset", "wheelhouse"):
+        ds = json.loads((KAGGLE_DIR / folder / "dataset-metadata.json").read_text())
+        assert ds["id"] in meta["dataset_sources"]
+        assert 6 <= len(ds["title"]) <= 50 and len(ds["licenses"]) == 1
+    assert len(meta["model_sources"]) == 1 and len(meta["model_sources"][0].split("/")) == 5
+
+
+def test_every_pin_satisfies_pyproject():
+    build = load_build()
+    pins = build.read_pins(KAGGLE_DIR / "pins.txt")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["gpu"]]
+    for name in ("unsloth", "unsloth_zoo", "bitsandbytes", "peft", "transformers", "accelerate"):
+        assert canonicalize_name(name) in pins, f"{name} is not pinned"
+    for req in reqs:
+        name = canonicalize_name(req.name)
+        if name in pins:
+            assert req.specifier.contains(Version(pins[name]), prereleases=True), f"{name}=={pins[name]} violates {req}"
+        else:
+            assert name in build.FROM_IMAGE, f"{req.name} is neither pinned nor provided by the Kaggle image"
+
+
+def test_read_pins_refuses_loose_lines(tmp_path):
+    build = load_build()
+    with pytest.raises(ValueError, match="line 2.*exact"):
+        build.read_pins(touch(tmp_path / "p.txt", "a==1\nb>=2\n"))
+    with pytest.raises(ValueError, match="twice"):
+        build.read_pins(touch(tmp_path / "p.txt", "a==1\nA==2\n"))
+
+
+def test_pin_consistency_check(tmp_path):
+    build = load_build()
+    requires = {"unsloth": ["peft>=0.18", "trl<=1.15.0", "xformers; platform_system == 'Windows'"],
+                "peft": ["torch>=2"]}
+    pins = {"unsloth": "1", "peft": "0.21.2", "trl": "1.16.0"}
+    faults = build.inconsistencies(pins, requires, python="3.12")
+    assert faults == ["unsloth 1 needs trl<=1.15.0, pinned trl==1.16.0"]
+
+
+def test_code_dataset_build_installs_offline(tmp_path):
+    """Build the code dataset (the arcttt wheel + install list) and let pip resolve the install the
+    notebook runs, offline, against it."""
+    out = tmp_path / "dist"
+    subprocess.run([sys.executable, str(KAGGLE_DIR / "build.py"), "--owner", "tester", "--out", str(out),
+                    "--only", "code"], check=True, cwd=REPO, capture_output=True, timeout=300)
+    code = out / "code-dataset"
+    assert json.loads((code / "dataset-metadata.json").read_text())["id"] == "tester/arcttt-code"
+    assert list(code.glob("arcttt-*.whl"))
+    kernel = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    assert kernel["id"].startswith("tester/") and all(s.startswith("tester/") for s in kernel["dataset_sources"])
+    assert (out / "kernel" / kernel["code_file"]).is_file()
+    dry = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
+                          "--ignore-installed", "--find-links", str(code), "-r", str(code / kaggle.INSTALL_LIST)],
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "arcttt" in dry.stdout
