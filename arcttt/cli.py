@@ -216,7 +216,6 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
     return 0
 
 
-
 # --- report, profiling ----------------------------------------------------------------------------
 
 def report(run_dir: Path, *, solutions: Path | None = None) -> int:
