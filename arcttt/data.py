@@ -3,8 +3,8 @@
 Grids are 2-D ``numpy.uint8`` arrays with values 0-9 and sides 1-30. Loading never lets one bad
 task stop the others: :func:`load_challenges` returns the good tasks and a list of rejected ones,
 each with the reason and, where it can still be read, its number of test inputs (so the submission
-can hold a default entry for it). Only a file that is not JSON, or not an object of tasks, is fatal
-(:class:`DataFileError`).
+can hold a default entry for it); :func:`log_rejected` writes one line per rejected task to a run's
+log. Only a file that is not JSON, or not an object of tasks, is fatal (:class:`DataFileError`).
 """
 
 from __future__ import annotations

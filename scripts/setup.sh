@@ -6,8 +6,9 @@
 #
 # Environment:
 #   PYTHON           interpreter that creates the venv (default: python3, must be 3.10+)
-#   TORCH_INDEX_URL  index for the CPU torch wheel on machines without a CUDA GPU,
-#                    e.g. https://download.pytorch.org/whl/cpu (default: pip's configured indexes)
+#   TORCH_INDEX_URL  index for the torch wheel on machines without a CUDA GPU, where pip's own
+#                    index serves the CUDA build (PyPI on Linux): https://download.pytorch.org/whl/cpu
+#                    (default: pip's configured indexes)
 set -euo pipefail
 
 TORCH_VERSION=2.13.0
@@ -15,7 +16,7 @@ dev=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
