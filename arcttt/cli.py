@@ -106,6 +106,7 @@ def commands() -> dict:
         "report": report,
         "show": show,
         "profile": profile,
+        "shrink-vocab": shrink_vocab,
     }
 
 
@@ -293,6 +294,33 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
         return _error(str(e))
     print(summary(run))
     print(f"\ntimeline: {timeline_figure(run, Path(run_dir) / 'timeline.png')}")
+    return 0
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "chat"]) -> int:
+    """Cut a local Hugging Face causal LM's vocabulary down to the tokens of an arcttt format.
+
+    Keeps only the input-embedding and output-layer rows of the format's tokens (plus bos/eos/pad),
+    so the model's logits at those tokens are unchanged, and writes to DST: safetensors weights,
+    config.json with the new vocab size and token ids, a matching tokenizer and arcttt.json (the
+    format's token ids). Offline: SRC must hold config.json, *.safetensors and a tokenizer.
+
+    Args:
+        src: The source model directory.
+        dst: Where to write the shrunk model (created; must differ from SRC).
+        format: compact (a vocabulary holding the 16 compact tokens) or chat (ChatML special tokens,
+            as in Qwen).
+    """
+    from arcttt.formats import FormatError
+    from arcttt.weights import WeightsError, shrink_vocab as shrink
+
+    try:
+        out = shrink(src, dst, format)
+    except (WeightsError, FormatError) as e:
+        return _error(str(e))
+    print(out)
     return 0
 
 

@@ -1,0 +1,205 @@
+"""Model weights on disk: cutting a local Hugging Face causal LM's vocabulary down to the tokens of
+an arcttt format (``arcttt shrink-vocab``).
+
+A shrunk model keeps the input-embedding and output-layer rows of the format's tokens
+(:attr:`TokenMap.used_ids`, plus the tokenizer's bos/eos/pad), in their old order, so its logits
+at the kept tokens equal the source's exactly. Its directory gets a word-level tokenizer over the
+kept tokens (special tokens stay special), ``config.json`` with the new vocab size and bos/eos/pad
+ids, safetensors weights, and ``arcttt.json`` with the re-indexed token map.
+
+Everything is offline: the source is loaded with ``local_files_only=True``,
+``trust_remote_code=False`` and safetensors only. transformers is imported inside the functions,
+after the offline switches are set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from arcttt.formats import FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+
+class WeightsError(ValueError):
+    """A model directory that cannot be used: missing, not a model, not safetensors."""
+
+
+def _offline() -> None:
+    # before transformers is imported: nothing here may reach a model hub
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """``path`` as a Path if it holds a Hugging Face model with safetensors weights and a tokenizer,
+    else :class:`WeightsError` naming the directory and what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise WeightsError(f"model path {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+        raise WeightsError(f"{path} has no *.safetensors weights{f' (found {others})' if others else ''}; "
+                           "arcttt loads safetensors only")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise WeightsError(f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json)")
+    return path
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local model directory (offline)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+
+
+def load_causal_lm(path: str | Path) -> PreTrainedModel:
+    """A local causal LM in its saved dtype, on CPU (offline, safetensors only, no remote code)."""
+    _offline()
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    # transformers renamed torch_dtype to dtype in 4.56
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                    use_safetensors=True, **{dtype_kw: "auto"})
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {e})") from None
+
+
+def kept_token_ids(tm: TokenMap, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids a shrunk vocabulary keeps, in their old order: the format's and bos/eos/pad."""
+    roles = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return sorted({*tm.used_ids, *(int(i) for i in roles if i is not None)})
+
+
+def remap_token_map(tm: TokenMap, new_id: dict[int, int]) -> TokenMap:
+    """``tm`` with every id replaced through ``new_id`` (old id -> new id)."""
+    def ids(seq):
+        return tuple(new_id[i] for i in seq)
+
+    return TokenMap(tm.format, ids(tm.digits), new_id[tm.newline], ids(tm.bos), ids(tm.input), ids(tm.output),
+                    ids(tm.end), new_id[tm.pad])
+
+
+def cut_vocabulary(model: PreTrainedModel, keep: list[int]) -> None:
+    """Keep only rows ``keep`` of the input embedding and the output layer, in place; tied
+    embeddings stay tied (one shared matrix)."""
+    import torch
+
+    old_in = model.get_input_embeddings()
+    old_out = model.get_output_embeddings()
+    tied = old_out is not None and old_out.weight.data_ptr() == old_in.weight.data_ptr()
+    index = torch.tensor(keep, dtype=torch.long, device=old_in.weight.device)
+
+    new_in = torch.nn.Embedding(len(keep), old_in.embedding_dim, device=old_in.weight.device,
+                                dtype=old_in.weight.dtype)
+    new_in.weight.data.copy_(old_in.weight.data.index_select(0, index))
+    model.set_input_embeddings(new_in)
+    if old_out is not None:
+        new_out = torch.nn.Linear(old_out.in_features, len(keep), bias=old_out.bias is not None,
+                                  device=old_out.weight.device, dtype=old_out.weight.dtype)
+        if tied:
+            new_out.weight = new_in.weight
+        else:
+            new_out.weight.data.copy_(old_out.weight.data.index_select(0, index))
+        if old_out.bias is not None:
+            new_out.bias.data.copy_(old_out.bias.data.index_select(0, index))
+        model.set_output_embeddings(new_out)
+
+    new_id = {old: new for new, old in enumerate(keep)}
+    configs = {id(model.config): model.config}
+    if hasattr(model.config, "get_text_config"):
+        text = model.config.get_text_config()
+        configs[id(text)] = text
+    for config in configs.values():
+        config.vocab_size = len(keep)
+        _remap_special_ids(config, new_id)
+    if getattr(model, "generation_config", None) is not None:
+        _remap_special_ids(model.generation_config, new_id)
+
+
+def _remap_special_ids(config, new_id: dict[int, int]) -> None:
+    """bos/eos/pad ids of a config through ``new_id``; ids that were cut become None (or leave a list)."""
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        old = getattr(config, name, None)
+        if isinstance(old, (list, tuple)):
+            kept = [new_id[i] for i in old if i in new_id]
+            setattr(config, name, kept if len(kept) > 1 else (kept[0] if kept else None))
+        elif old is not None:
+            setattr(config, name, new_id.get(int(old)))
+
+
+def kept_tokenizer(tokenizer: PreTrainedTokenizerBase, keep: list[int]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the tokens ``keep`` (new id = position in ``keep``).
+
+    Special tokens keep their spelling; other tokens are keyed by their text (what ``decode``
+    gives), so a byte-level ``Ċ`` becomes ``"\\n"`` and encoding text still finds it.
+    """
+    special_ids = set(tokenizer.all_special_ids)
+    special_ids |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    texts = []
+    for i in keep:
+        texts.append(tokenizer.convert_ids_to_tokens(i) if i in special_ids else tokenizer.decode([i]))
+    if len(set(texts)) != len(texts):
+        clashes = sorted({t for t in texts if texts.count(t) > 1})
+        raise FormatError(f"tokenizer {tokenizer.name_or_path}: kept tokens share a text {clashes}; "
+                          "cannot build a word-level tokenizer for them")
+    special = {t for i, t in zip(keep, texts) if i in special_ids}
+
+    def role(token_id):
+        return texts[keep.index(token_id)] if token_id is not None and token_id in keep else None
+
+    return wordlevel_tokenizer(texts, special, role(tokenizer.bos_token_id), role(tokenizer.eos_token_id),
+                               role(tokenizer.pad_token_id))
+
+
+def shrink_vocab(src: Path, dst: Path, format_name: str) -> Path:
+    """Write to ``dst`` the model of ``src`` cut down to the tokens of ``format_name`` (see the
+    module docstring); returns ``dst``. Raises :class:`WeightsError` for a missing directory or a
+    non-model, :class:`FormatError` when the tokenizer does not speak the format."""
+    if format_name not in FORMATS:
+        raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+    src, dst = check_model_dir(src), Path(dst)
+    if dst.resolve() == src.resolve():
+        raise WeightsError(f"shrink-vocab would overwrite its source {src}; give another destination")
+    tokenizer = load_tokenizer(src)
+    tm = token_map_from_tokenizer(format_name, tokenizer)
+    keep = kept_token_ids(tm, tokenizer)
+    model = load_causal_lm(src)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    if keep[-1] >= vocab_rows:
+        raise WeightsError(f"{src}: tokenizer id {keep[-1]} is beyond the model's {vocab_rows} embedding rows")
+
+    cut_vocabulary(model, keep)
+    new_tm = remap_token_map(tm, {old: new for new, old in enumerate(keep)})
+    new_tokenizer = kept_tokenizer(tokenizer, keep)
+    check = token_map_from_tokenizer(format_name, new_tokenizer)
+    if check != new_tm:
+        raise FormatError(f"{src}: the shrunk tokenizer encodes the {format_name} format differently "
+                          f"({check} vs {new_tm}); the source tokenizer spells its tokens unusually")
+
+    dst.mkdir(parents=True, exist_ok=True)
+    _save_model(model, dst)
+    new_tokenizer.save_pretrained(dst)
+    write_model_meta(dst, new_tm, source=str(src), source_vocab_size=vocab_rows, kept_source_ids=keep)
+    return dst
+
+
+def _save_model(model: PreTrainedModel, dst: Path) -> None:
+    import transformers
+
+    # transformers 5 always writes safetensors and has no safe_serialization argument
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        model.save_pretrained(dst)
+    else:
+        model.save_pretrained(dst, safe_serialization=True)
