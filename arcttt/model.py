@@ -1,0 +1,378 @@
+"""Loading a causal LM from a local directory, attaching one LoRA adapter, and restoring it between tasks.
+
+:func:`load_model` returns a :class:`ModelSession`: the peft-wrapped model in eval mode, the token
+map the directory records (``arcttt.json``), and an in-memory snapshot of the adapter taken right
+after attaching it. Per task, ``session.reset()`` copies the snapshot back into the adapter's
+parameters (bit for bit), so the base model is loaded once per process, never per task.
+
+Backends:
+- ``unsloth``: ``FastLanguageModel.from_pretrained`` + ``get_peft_model`` (4-bit or 16-bit). On a
+  machine without a GPU unsloth runs its CPU fallback (stock transformers + peft underneath).
+- ``hf``: ``AutoModelForCausalLM`` + ``peft.get_peft_model``; 4-bit nf4 through bitsandbytes.
+- ``auto``: unsloth when a CUDA GPU is present and unsloth is installed, else hf.
+
+Everything is offline: the hub environment switches are set before transformers, peft or unsloth
+are first imported (they are imported inside the functions that need them), weights are read with
+``local_files_only=True``, safetensors only, and never with remote code.
+
+The model is called like any Hugging Face causal LM::
+
+    out = session.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    out.logits, out.past_key_values
+
+:func:`make_tiny_model` builds the small random Llama used by the tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from arcttt import formats
+
+# All linear layers of a Llama/Qwen/Mistral decoder block.
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be loaded; the message names the path and the fault."""
+
+
+@dataclass
+class LoraConfig:
+    """The per-task adapter."""
+
+    rank: int = 64
+    """LoRA rank r."""
+    alpha: float = 32
+    """LoRA alpha; the update is scaled by alpha/r, or alpha/sqrt(r) with rsLoRA."""
+    use_rslora: bool = True
+    """Rank-stabilised scaling (alpha/sqrt(r)), so that the rank can change without retuning lr."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (0 keeps training deterministic and eval == train forward)."""
+    target_modules: tuple[str, ...] = LLAMA_LINEAR
+    """Leaf names of the linear layers that get an adapter."""
+    train_embeddings: bool = False
+    """Also train the input embeddings in full (cheap once the vocabulary is cut to ~16 tokens)."""
+    train_lm_head: bool = False
+    """Also train the output head in full."""
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        errors = []
+        if self.rank < 1:
+            errors.append(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            errors.append(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            errors.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            errors.append("target_modules must name at least one module")
+        if {"embed_tokens", "lm_head"} & set(self.target_modules):
+            errors.append("put embed_tokens/lm_head under train_embeddings/train_lm_head, not target_modules")
+        if errors:
+            raise ValueError("LoraConfig: " + "; ".join(errors))
+
+    @property
+    def full_modules(self) -> list[str]:
+        """Modules trained in full next to the adapter (peft's modules_to_save)."""
+        return [name for name, on in (("embed_tokens", self.train_embeddings), ("lm_head", self.train_lm_head)) if on]
+
+
+@dataclass
+class ModelConfig:
+    """How to load the base model."""
+
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
+    """auto: unsloth on a CUDA GPU when installed, else hf (transformers + peft)."""
+    load_in_4bit: bool = False
+    """Quantize the base weights to 4-bit nf4 (bitsandbytes) while loading."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Compute dtype; auto: bf16 on GPUs that have it, fp16 on those that do not (T4), fp32 on CPU."""
+    max_seq_len: int = 8192
+    """Longest sequence the model is asked to handle (training sequences beyond it are dropped)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, ~30% slower); set at load time for unsloth."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):
+            self.lora = LoraConfig(**self.lora)
+        errors = []
+        if self.backend not in ("auto", "hf", "unsloth"):
+            errors.append(f"backend must be auto, hf or unsloth, got {self.backend!r}")
+        if self.dtype not in ("auto", *DTYPES):
+            errors.append(f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
+        if self.max_seq_len < 16:
+            errors.append(f"max_seq_len must be >= 16, got {self.max_seq_len}")
+        if errors:
+            raise ValueError("ModelConfig: " + "; ".join(errors))
+
+
+@dataclass(eq=False)
+class ModelSession:
+    """A loaded model with its adapter, and what the rest of the pipeline needs to know about it."""
+
+    model: Any
+    """The peft-wrapped causal LM (eval mode unless training)."""
+    token_map: formats.TokenMap
+    device: torch.device
+    dtype: torch.dtype
+    backend: Literal["hf", "unsloth"]
+    cfg: ModelConfig
+    path: Path
+    n_params: int
+    """Parameters of the base model (unquantized count), without the adapter."""
+    n_layers: int
+    hidden_size: int
+    n_trainable: int
+    snapshot: dict[str, torch.Tensor] = field(repr=False)
+    """Initial values of every trainable parameter (adapter and fully trained modules), by name."""
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters TTT updates (exactly the ones in the snapshot)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def reset(self) -> None:
+        """Restore the adapter to its state right after attaching (bit for bit) and drop gradients."""
+        params = self.trainable_parameters()
+        if params.keys() != self.snapshot.keys():
+            raise RuntimeError("the model's trainable parameters changed since the snapshot was taken")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.snapshot[name])
+                p.grad = None
+        self.eval_mode()
+
+    def train_mode(self) -> None:
+        if self.backend == "unsloth":
+            from unsloth import FastLanguageModel  # already imported by the load
+
+            # unsloth also switches its kv-cache default and inference kernels
+            FastLanguageModel.for_training(self.model)
+        self.model.train()
+
+    def eval_mode(self) -> None:
+        if self.backend == "unsloth":
+            from unsloth import FastLanguageModel
+
+            FastLanguageModel.for_inference(self.model)
+        self.model.eval()
+
+    def train_flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs of one trained token at ``seq_len`` (6N + 12·L·d·n, the PaLM-paper convention;
+        LoRA skips the frozen weights' gradients, so the hardware does about 2/3 of this)."""
+        return 6.0 * self.n_params + 12.0 * self.n_layers * self.hidden_size * seq_len
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "backend": self.backend, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "n_params": self.n_params,
+                "n_layers": self.n_layers, "hidden_size": self.hidden_size, "n_trainable": self.n_trainable,
+                "cfg": asdict(self.cfg)}
+
+
+def set_offline_env() -> None:
+    """Keep transformers, the hub client and unsloth off the network; must run before they are imported
+    (they read these once). unsloth compiles kernels into its working directory unless told otherwise."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(Path(tempfile.gettempdir()) / "unsloth_compiled_cache"))
+
+
+def unsloth_available() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def resolve_backend(backend: str) -> Literal["hf", "unsloth"]:
+    if backend == "auto":
+        return "unsloth" if torch.cuda.is_available() and unsloth_available() else "hf"
+    if backend == "unsloth" and not unsloth_available():
+        raise ModelLoadError("backend 'unsloth' asked for, but unsloth is not installed "
+                             "(bash scripts/setup.sh --unsloth, or use backend 'hf')")
+    return backend  # type: ignore[return-value]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_model_dir(path: str | Path) -> tuple[Path, formats.TokenMap, dict]:
+    """The directory, its token map and metadata, or a :class:`ModelLoadError` saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a model directory: no config.json")
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.iterdir())[:8]
+        raise ModelLoadError(f"{path} has no *.safetensors weights (found: {', '.join(found) or 'nothing'}); "
+                             "only safetensors are loaded")
+    try:
+        token_map, meta = formats.read_model_meta(path)
+    except formats.FormatError as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    return path, token_map, meta
+
+
+def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession:
+    """Load the model in ``path`` (a local directory), attach a fresh LoRA and snapshot it."""
+    cfg = cfg or ModelConfig()
+    path, token_map, _ = check_model_dir(path)
+    set_offline_env()
+    backend = resolve_backend(cfg.backend)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(cfg.dtype, device)
+    try:
+        loader = _load_unsloth if backend == "unsloth" else _load_hf
+        model = loader(path, cfg, device, dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{path}: cannot load the model with backend {backend}: {e}") from e
+    _keep_bnb_cpu_layout(model)
+    vocab = model.get_input_embeddings().num_embeddings
+    if max(token_map.used_ids) >= vocab:
+        raise ModelLoadError(f"{path}: arcttt.json uses token id {max(token_map.used_ids)} but the model "
+                             f"has only {vocab} embeddings")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise ModelLoadError(f"{path}: no LoRA target found among {cfg.lora.target_modules}")
+    conf = model.get_base_model().config
+    session = ModelSession(
+        model=model, token_map=token_map, device=device, dtype=dtype, backend=backend, cfg=cfg, path=path,
+        n_params=count_base_params(model), n_layers=int(conf.num_hidden_layers), hidden_size=int(conf.hidden_size),
+        n_trainable=sum(p.numel() for p in trainable.values()),
+        snapshot={n: p.detach().clone() for n, p in trainable.items()},
+    )
+    session.eval_mode()
+    return session
+
+
+def _from_pretrained_kwargs() -> dict:
+    return {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    import transformers
+
+    # transformers renamed torch_dtype to dtype in 4.56; older 4.4x only know torch_dtype
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def _peft_config(cfg: ModelConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    lora = cfg.lora
+    return PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
+                          target_modules=list(lora.target_modules), modules_to_save=lora.full_modules or None,
+                          bias="none", task_type="CAUSAL_LM")
+
+
+def _load_hf(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {**_from_pretrained_kwargs(), **_dtype_kwarg(dtype),
+              "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu"}
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    base.config.use_cache = True
+    if cfg.gradient_checkpointing:
+        # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(base, _peft_config(cfg))
+
+
+def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    from unsloth import FastLanguageModel
+
+    lora = cfg.lora
+    model, _tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(path), max_seq_length=cfg.max_seq_len, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, **_from_pretrained_kwargs())
+    targets = [*lora.target_modules, *lora.full_modules]  # unsloth trains embed_tokens/lm_head in full when listed
+    return FastLanguageModel.get_peft_model(
+        model, r=lora.rank, target_modules=targets, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, random_state=0,
+        use_rslora=lora.use_rslora, max_seq_length=cfg.max_seq_len)
+
+
+def _keep_bnb_cpu_layout(model) -> int:
+    """bitsandbytes 0.50 repacks a 4-bit weight in place for its AVX512-BF16 CPU kernel on the first
+    no-grad forward and never unpacks it; backward through the repacked weight is then wrong, so
+    training after any search pass would silently stop learning. Keep the trainable layout."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def count_base_params(model) -> int:
+    """Parameters of the base model as if unquantized (bitsandbytes packs two 4-bit values a byte)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else p.numel()
+    return total
+
+
+def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden: int = 64, layers: int = 2,
+                    heads: int = 4, intermediate: int = 128, extra_tokens: int = 0, seed: int = 0) -> Path:
+    """A random-initialised small Llama with a matching local tokenizer and ``arcttt.json`` (no download).
+
+    Key/value heads are half the attention heads (grouped-query attention, as in Llama 3 and Qwen).
+    """
+    if hidden % heads or (hidden // heads) % 2:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads}) with an even head size")
+    set_offline_env()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = formats.build_tokenizer(format_name, extra_tokens=extra_tokens)
+    token_map = formats.token_map_from_tokenizer(format_name, tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2), intermediate_size=intermediate, max_position_embeddings=16384,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _portable_config(out / "config.json")
+    formats.write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
+    return out
+
+
+def _portable_config(path: Path) -> None:
+    """transformers 5 writes ``dtype`` and ``rope_parameters``; 4.4x reads ``torch_dtype`` and
+    ``rope_theta``. Write both spellings so the directory loads the same in either."""
+    config = json.loads(path.read_text())
+    config.setdefault("torch_dtype", config.get("dtype", "float32"))
+    theta = (config.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None:
+        config.setdefault("rope_theta", theta)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
