@@ -120,3 +120,30 @@ def bpe_chat_tokenizer():
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
+
+
+# --- model, ttt: a tiny random Llama and a loaded session -----------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama (compact format, 16 tokens, hidden 64, 2 layers) built by
+    ``make_tiny_model``: config.json, model.safetensors, tokenizer, arcttt.json. Session-scoped:
+    a test that changes the directory must copy it first."""
+    from arcttt.model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def _tiny_session_shared(tiny_model_dir):
+    from arcttt.model import LoraConfig, ModelConfig, load_model
+
+    return load_model(tiny_model_dir, ModelConfig(backend="hf", dtype="fp32", lora=LoraConfig(rank=8, alpha=16)))
+
+
+@pytest.fixture
+def tiny_session(_tiny_session_shared):
+    """The tiny model loaded once (hf backend, fp32, LoRA rank 8), its adapter reset to the initial
+    snapshot and in eval mode before every test that uses it."""
+    _tiny_session_shared.reset()
+    return _tiny_session_shared
