@@ -272,8 +272,9 @@ class Encoded:
 def grid_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
     """A grid's tokens: each row's digits followed by the newline token."""
     g = np.asarray(grid)
-    lut = np.asarray(tm.digits, dtype=np.int64)
-    rows = np.concatenate([lut[g], np.full((g.shape[0], 1), tm.newline, dtype=np.int64)], axis=1)
+    rows = np.empty((g.shape[0], g.shape[1] + 1), dtype=np.int64)
+    rows[:, :-1] = np.asarray(tm.digits, dtype=np.int64)[g]
+    rows[:, -1] = tm.newline
     return rows.reshape(-1)
 
 
@@ -289,27 +290,30 @@ def encode(demos: Sequence[Pair], query: np.ndarray, tm: TokenMap, answer: np.nd
     Loss falls on the answer and its end marker; with ``loss_on_demo_outputs`` also on every
     demonstration output (and end marker) after the first.
     """
-    pieces: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
+    pieces: list = []
+    losses: list[bool] = []  # one per piece; the mask is expanded once at the end (TTT data is hot)
 
     def add(ids, loss: bool = False):
-        ids = np.asarray(ids, dtype=np.int64)
         pieces.append(ids)
-        masks.append(np.full(len(ids), loss, dtype=bool))
+        losses.append(loss)
 
     add(tm.bos)
     for k, pair in enumerate(demos):
         add(tm.input)
         add(grid_ids(pair.input, tm))
         add(tm.output)
-        add(answer_ids(pair.output, tm), loss=loss_on_demo_outputs and k > 0)
+        add(grid_ids(pair.output, tm), loss=loss_on_demo_outputs and k > 0)
+        add(tm.end, loss=loss_on_demo_outputs and k > 0)
     add(tm.input)
     add(grid_ids(query, tm))
     add(tm.output)
-    prompt_len = sum(len(p) for p in pieces)
+    n_prompt = len(pieces)
     if answer is not None:
-        add(answer_ids(answer, tm), loss=True)
-    return Encoded(np.concatenate(pieces), np.concatenate(masks), prompt_len)
+        add(grid_ids(answer, tm), loss=True)
+        add(tm.end, loss=True)
+    lengths = [len(p) for p in pieces]
+    ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces])
+    return Encoded(ids, np.repeat(np.asarray(losses, dtype=bool), lengths), sum(lengths[:n_prompt]))
 
 
 @dataclass(frozen=True)
