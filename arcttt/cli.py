@@ -107,6 +107,7 @@ def commands() -> dict:
         "show": show,
         "profile": profile,
         "shrink-vocab": shrink_vocab,
+        "make-tiny-model": make_tiny_model,
     }
 
 
@@ -321,6 +322,35 @@ def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "cha
     except (WeightsError, FormatError) as e:
         return _error(str(e))
     print(out)
+    return 0
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat"] = "compact", hidden: int = 64,
+                    layers: int = 2, heads: int = 4, intermediate: int = 128, extra_tokens: int = 0,
+                    seed: int = 0) -> int:
+    """Build a small random-initialised Llama with a matching local tokenizer and arcttt.json in OUT
+    (no download): a stand-in for real weights in tests, dry runs and benchmarks. It solves nothing.
+
+    Args:
+        out: Folder to write (config.json, model.safetensors, tokenizer files, arcttt.json).
+        format: Token format the model speaks: compact (16 tokens) or chat (ChatML markers).
+        hidden: Hidden size (a multiple of HEADS with an even head size).
+        layers: Decoder layers.
+        heads: Attention heads (key/value heads: half of them).
+        intermediate: MLP inner size.
+        extra_tokens: Unused filler tokens added to the vocabulary (for shrink-vocab to cut).
+        seed: Seed of the random weights.
+    """
+    from arcttt.model import make_tiny_model as make
+
+    try:
+        path = make(out, format, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate,
+                    extra_tokens=extra_tokens, seed=seed)
+    except ValueError as e:
+        return _error(str(e))
+    print(path)
     return 0
 
 
