@@ -18,6 +18,7 @@ absent. From a :class:`Run`:
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,31 +341,42 @@ def timeline_figure(run: Run, path: str | Path) -> Path:
     t0 = run.start or 0.0
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(workers) + 1.6), dpi=100)
     span = max([(run.deadline or 0.0) - t0] + [t.end - t0 for t in run.timed if t.end is not None] + [1.0])
+    unit, scale = ("hours", 3600.0) if span > 3 * 3600 else ("minutes", 60.0) if span > 1800 else ("seconds", 1.0)
+
+    def at(t: float) -> float:
+        return (t - t0) / scale
+    # Spans grouped per (row, layer) so each layer of a row is one draw call (a whole split has
+    # thousands of phases; one broken_barh each takes seconds).
+    tasks, phases, failed = defaultdict(list), defaultdict(list), defaultdict(list)
     used = set()
     for rec in run.timed:
         if rec.worker is None or rec.start is None or rec.end is None:
             continue
         y = workers.index(rec.worker)
-        ax.broken_barh([(rec.start - t0, rec.seconds)], (y - 0.3, 0.6), facecolor=PHASE_COLOURS[OTHER],
-                       edgecolor="black", linewidth=0.6)
-        used.add(OTHER)
+        tasks[y].append((at(rec.start), rec.seconds / scale))
         for p in rec.phases:
-            colour = PHASE_COLOURS.get(p.phase, UNKNOWN_COLOUR)
-            used.add(p.phase if p.phase in PHASE_COLOURS else "?")
-            ax.broken_barh([(p.start - t0, p.seconds)], (y - 0.27, 0.54), facecolor=colour, linewidth=0)
+            name = p.phase if p.phase in PHASE_COLOURS else "?"
+            used.add(name)
+            phases[y, name].append((at(p.start), p.seconds / scale))
         if rec.status != "ok":  # a task that gave no answer of its own: hatched red outline
-            ax.broken_barh([(rec.start - t0, rec.seconds)], (y - 0.3, 0.6), facecolor="none",
-                           edgecolor="#d62728", linewidth=1.5, hatch="//")
+            failed[y].append((at(rec.start), rec.seconds / scale))
         if rec.seconds > 0.07 * span:  # label the bars wide enough to hold a task id
-            ax.text(rec.start - t0 + rec.seconds / 2, y + 0.33, rec.task_id, ha="center", va="top",
+            ax.text(at(rec.start + rec.seconds / 2), y + 0.33, rec.task_id, ha="center", va="top",
                     fontsize=7, color="black", clip_on=True)
+    for y, spans in tasks.items():
+        ax.broken_barh(spans, (y - 0.3, 0.6), facecolor=PHASE_COLOURS[OTHER], edgecolor="black", linewidth=0.6)
+        used.add(OTHER)
+    for (y, name), spans in phases.items():
+        ax.broken_barh(spans, (y - 0.27, 0.54), facecolor=PHASE_COLOURS.get(name, UNKNOWN_COLOUR), linewidth=0)
+    for y, spans in failed.items():
+        ax.broken_barh(spans, (y - 0.3, 0.6), facecolor="none", edgecolor="#d62728", linewidth=1.5, hatch="//")
     if run.deadline is not None:
-        ax.axvline(run.deadline - t0, color="#d62728", linestyle="--", linewidth=1)
-        ax.text(run.deadline - t0, -0.5, " deadline", color="#d62728", va="top", fontsize=8)
+        ax.axvline(at(run.deadline), color="#d62728", linestyle="--", linewidth=1)
+        ax.text(at(run.deadline), -0.5, " deadline", color="#d62728", va="top", fontsize=8)
     ax.set_yticks(range(len(workers)), [f"worker {w}" for w in workers])
     ax.set_ylim(-0.6, len(workers) - 0.35)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since run start")
+    ax.set_xlabel(f"{unit} since run start")
     ax.set_title(f"{len(run.tasks)} tasks on {len(workers)} worker(s); red hatched: no answer of its own")
     handles = [Patch(color=c, label=n) for n, c in PHASE_COLOURS.items() if n in used]
     handles += [Patch(color=UNKNOWN_COLOUR, label="other phase")] if "?" in used else []

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from arcttt.data import DataFileError, GridError, Task, TaskError, load_challenges, load_solutions, parse_grid
+from arcttt.data import MAX_SIDE, DataFileError, Task, TaskError, load_challenges, load_solutions
 from arcttt.profiling import (NO_ANSWER, PHASES, Run, load_run, margin, phase_totals, task_rows, timeline_figure,
                               worker_idle)
 
@@ -44,11 +44,23 @@ CATEGORIES = {  # filter key -> (button label, what it holds)
 # --- grids ----------------------------------------------------------------------------------------
 
 def as_grid(obj: Any) -> np.ndarray | None:
-    """A grid from JSON, or None if it is not a valid ARC grid (the report then says so)."""
-    try:
-        return parse_grid(obj)
-    except GridError:
+    """A grid from JSON, or None if it is not a valid ARC grid (the report then says so).
+
+    The same rules as ``data.parse_grid`` but checked on the array at once (a whole split's
+    candidates are thousands of grids); only a bool mixed into int rows slips through, as 0/1.
+    """
+    if isinstance(obj, np.ndarray):
+        a = obj
+    else:
+        try:
+            a = np.asarray(obj)
+        except (ValueError, TypeError):  # ragged rows
+            return None
+    if a.ndim != 2 or a.dtype.kind not in "iu" or not (1 <= a.shape[0] <= MAX_SIDE and 1 <= a.shape[1] <= MAX_SIDE):
         return None
+    if a.min() < 0 or a.max() > 9:
+        return None
+    return a.astype(np.uint8)
 
 
 def grid_svg(grid: np.ndarray, max_px: int = 160, what: str = "") -> str:
@@ -58,22 +70,13 @@ def grid_svg(grid: np.ndarray, max_px: int = 160, what: str = "") -> str:
     """
     h, w = grid.shape
     cell = max(3, min(18, max_px // max(h, w)))
-    paths = []
-    for colour in range(10):
-        d = []
-        for r in range(h):
-            row, c = grid[r], 0
-            while c < w:
-                if row[c] != colour:
-                    c += 1
-                    continue
-                n = 1
-                while c + n < w and row[c + n] == colour:
-                    n += 1
-                d.append(f"M{c} {r}h{n}v1h-{n}z")
-                c += n
-        if d:
-            paths.append(f'<path fill="{PALETTE[colour]}" d="{"".join(d)}"/>')
+    runs: list[list[str]] = [[] for _ in range(10)]  # per colour: one "M x y h n v1 h-n z" per run
+    for r in range(h):
+        row = grid[r]
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]).tolist()
+        for s, e in zip(starts, starts[1:] + [w]):
+            runs[int(row[s])].append(f"M{s} {r}h{e - s}v1h-{e - s}z")
+    paths = [f'<path fill="{PALETTE[c]}" d="{"".join(d)}"/>' for c, d in enumerate(runs) if d]
     lines = "".join(f"M{c} 0V{h}" for c in range(1, w)) + "".join(f"M0 {r}H{w}" for r in range(1, h))
     if lines:
         paths.append(f'<path d="{lines}" stroke="#555" stroke-width="0.5" vector-effect="non-scaling-stroke"/>')

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt.data import bundled_split, parse_grid
-from arcttt.report import PALETTE, grid_svg, write_report
+from arcttt.data import GridError, bundled_split, parse_grid
+from arcttt.report import PALETTE, as_grid, grid_svg, write_report
 from conftest import HANDMADE_TASKS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,6 +60,22 @@ def test_grid_svg_paints_every_cell_once_in_its_colour(rows):
     assert (rasterise(svg) == grid).all()
     cell = int(re.search(r'width="(\d+)"', svg).group(1)) // grid.shape[1]
     assert 3 <= cell <= 18 and max(grid.shape) * cell <= max(160, 3 * max(grid.shape))
+
+
+@pytest.mark.parametrize("bad", [[], [[]], [[1, 2], [3]], [[1.0]], [[True]], [[10]], [[-1]], [["1"]], 5,
+                                 None, [[1] * 31], [[0]] * 31, {"a": 1}, [[[1]]]])
+def test_as_grid_refuses_what_parse_grid_refuses(bad):
+    assert as_grid(bad) is None
+    with pytest.raises(GridError):
+        parse_grid(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
+    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))))
+def test_as_grid_agrees_with_parse_grid(rows):
+    grid = as_grid(rows)
+    assert grid.dtype == np.uint8 and (grid == parse_grid(rows)).all()
 
 
 def test_report_contents(handmade_run, run_copy, eval_split):
