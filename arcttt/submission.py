@@ -60,8 +60,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # dumps, not dump: json.dump streams through the pure-Python encoder, about 10x slower
+        text = json.dumps(obj, separators=(",", ":"))
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -113,6 +115,8 @@ class SubmissionWriter:
     def __init__(self, path: str | Path, test_counts: dict[str, int],
                  fallback: dict[str, Sequence[tuple[Any, Any]]] | None = None):
         for task_id, n in test_counts.items():
+            if not isinstance(task_id, str):  # json.dump would silently turn it into a string key
+                raise SubmissionError(f"task id {task_id!r} is not a string")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise SubmissionError(f"task {task_id}: test count {n!r} is not a non-negative int")
         unknown = set(fallback or {}) - set(test_counts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -123,19 +124,24 @@ class Boom(Exception):
     pass
 
 
-def test_failure_while_dumping_leaves_the_old_file_intact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["json.dumps", "os.fsync"])
+def test_failure_while_writing_leaves_the_old_file_intact(tmp_path, monkeypatch, where):
     path = tmp_path / "s.json"
     w = SubmissionWriter(path, {"t": 1, "u": 1})
     w.set("t", [([[1]], [[2]])])
     before = path.read_bytes()
+    module, name = where.split(".")
+    real = getattr(getattr(submission_mod, module), name)
 
-    def half_dump(obj, f, **kwargs):  # write a truncated document, then die
-        f.write(json.dumps(obj)[:10])
+    def dies(*args, **kwargs):
+        if name == "fsync":  # the temporary file holds half of the document when the process dies
+            os.ftruncate(args[0], 10)
         raise Boom("disk gone")
 
-    monkeypatch.setattr(submission_mod.json, "dump", half_dump)
+    monkeypatch.setattr(getattr(submission_mod, module), name, dies)
     with pytest.raises(Boom):
         w.set("u", [([[3]], [[4]])])
+    monkeypatch.setattr(getattr(submission_mod, module), name, real)
     assert path.read_bytes() == before
     assert json.loads(before)["u"] == [{"attempt_1": ZERO, "attempt_2": ZERO}]
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
