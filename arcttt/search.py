@@ -1,0 +1,522 @@
+"""Answer search: a depth-first search over answer tokens that keeps every completion whose
+probability stays above a threshold, reusing the key/value cache across branches; run under several
+augmented views of a test input, with the answers mapped back and merged into candidates.
+
+How the search reads the model:
+
+- Only answer symbols are ever fed: the 10 digits, the newline and the first token of the end marker
+  (``TokenMap.answer_ids``). Their probabilities are the model's own, from a softmax over the whole
+  vocabulary, *not renormalised* over the answer symbols (as the ARChitects do): a completion's
+  logprob is then its real probability under the model, and a threshold of 0.1 means the same as in
+  their work; the mass the model puts on other tokens is simply lost. ``renormalize=True`` instead
+  renormalises over the symbols the grammar allows at each step (a completion can then only gain).
+- A small grammar prunes what :func:`arcttt.formats.parse_answer` would reject anyway: no empty row,
+  every row as wide as the first, at most 30 x 30, the end only after a whole row. Without
+  renormalisation this changes nothing in the kept completions, it only saves forward passes; it
+  also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens.
+- The most likely child is explored first. A branch is cut as soon as its cumulative probability
+  falls below the threshold (probabilities only shrink along a path, so nothing above it is lost).
+  Greedy decoding is the degenerate case "one child per node, no threshold" (:func:`greedy`).
+
+Cache reuse. One view (:func:`dfs`): the prompt is run once; each step feeds one token with the
+cached past; backtracking crops the ``DynamicCache`` back to the branch point (``crop`` with a
+negative count, which removes that many positions; it slices, and the next update concatenates into
+new tensors, so nothing shared is overwritten). Several views at once (``batch_views``): the views
+run in lock-step, one token per view per forward, in one batched cache. Views' prompts are
+left-padded; since the views' searches are at different depths, a step's token always goes in a new
+cache column, and each row's attention mask lets it see only its prompt and the columns of its own
+current path (explicit position ids keep positions right). Columns nobody can see any more are
+dropped from time to time, and a view that is done leaves the batch. This needs a cache of plain
+(non-sliding) ``DynamicLayer``s; otherwise the views run one after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from arcttt.augment import Augmentation
+from arcttt.data import MAX_SIDE, Task, grid_to_list
+from arcttt.formats import TokenMap, parse_answer
+
+MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
+N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
+NEWLINE, END = 10, 11
+COMPACT_MIN_COLUMNS = 64  # batched search: drop dead cache columns once this many (and a quarter) are dead
+
+
+@dataclass
+class SearchConfig:
+    """How answers are searched for one test input."""
+
+    n_augmentations: int = 8
+    """Views of the test input searched (augmented prompts; the first is the identity)."""
+    threshold: float = 0.1
+    """Lowest cumulative probability of a kept completion (a branch below it is cut)."""
+    max_candidates_per_view: int = 8
+    """Keep at most this many completions of a view, the most likely ones."""
+    keep_background: bool = True
+    """Colour permutations of the views keep colour 0 in place."""
+    time_limit_s: float | None = None
+    """Cap on one search call (all views of a test input), on top of the caller's deadline."""
+    greedy: bool = False
+    """Only the single most likely answer per view (the degenerate search)."""
+    batch_views: bool = True
+    """Search all views in lock-step in one batch (else one after another)."""
+    max_batch_tokens: int = 32768
+    """Cap on views x longest prompt in one batched prefill; more views are split into groups."""
+    renormalize: bool = False
+    """Renormalise the probabilities over the answer symbols the grammar allows (see module doc)."""
+    seed: int = 0
+    """Seed of the views' augmentations."""
+
+    def __post_init__(self):
+        errors = []
+        if self.n_augmentations < 1:
+            errors.append(f"n_augmentations must be >= 1, got {self.n_augmentations}")
+        if not 0.0 < self.threshold <= 1.0:
+            errors.append(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.max_candidates_per_view < 1:
+            errors.append(f"max_candidates_per_view must be >= 1, got {self.max_candidates_per_view}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            errors.append(f"time_limit_s must be positive or None, got {self.time_limit_s}")
+        if self.max_batch_tokens < 1:
+            errors.append(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Generated token ids after the prompt (ending with the end marker's first token) and their
+    total log-probability."""
+
+    ids: list[int]
+    logprob: float
+
+
+@dataclass
+class SearchStats:
+    """What one or more search calls cost; filled in when passed to the search functions."""
+
+    views: int = 0
+    forwards: int = 0       # model calls, prefills included
+    tokens_fed: int = 0     # answer tokens fed one by one after the prompts (summed over rows)
+    completions: int = 0
+    timed_out: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """One distinct answer grid (in the task's own frame) and every view that found it."""
+
+    grid: np.ndarray
+    found: list[tuple[str, float]] = field(default_factory=list)   # (augmentation key, logprob)
+
+    @property
+    def hits(self) -> int:
+        return len(self.found)
+
+    @property
+    def search_logprob(self) -> float:
+        return max(lp for _, lp in self.found) if self.found else -math.inf
+
+    def to_json(self, score: float | None = None) -> dict:
+        return {"grid": grid_to_list(self.grid), "hits": self.hits,
+                "search_logprob": float(self.search_logprob), "score": None if score is None else float(score),
+                "found": [[key, float(lp)] for key, lp in self.found]}
+
+
+def grid_key(grid: np.ndarray) -> tuple:
+    """A hashable identity of a grid (shape and cells)."""
+    g = np.asarray(grid, dtype=np.uint8)
+    return g.shape, g.tobytes()
+
+
+def view_augmentations(task: Task, test_index: int, n: int, *, keep_background: bool, seed: int,
+                       include_identity: bool = True) -> list[Augmentation]:
+    """``n`` distinct augmentations for one test input, the identity first; reproducible from the
+    seed, the task id and the test index (so resuming a run gives the same views)."""
+    from arcttt.augment import sample_augmentations
+
+    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode()), test_index])
+    return sample_augmentations(n, rng, n_train=len(task.train), keep_background=keep_background,
+                                include_identity=include_identity)
+
+
+# --- model plumbing ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no LoRA dropout) and no autograd for the duration; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def last_logits_kwargs(model: torch.nn.Module) -> dict:
+    """``logits_to_keep=1`` where the model takes it: a prefill then computes only the last
+    position's logits (a long prompt's full logits over a big vocabulary do not fit)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"logits_to_keep": 1} if takes else {}
+
+
+def _symbol_logprobs(logits: torch.Tensor, symbol_ids: torch.Tensor) -> np.ndarray:
+    """Log-probabilities of the answer symbols from the logits of one position per row:
+    float64 [rows, 12] on the host (the search's one device sync per step)."""
+    return torch.log_softmax(logits.float(), dim=-1).index_select(-1, symbol_ids).cpu().double().numpy()
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+# --- the search over one tree --------------------------------------------------------------------
+
+# Grammar state at a node: (cells in the open row, width of the first row or 0, closed rows).
+_START = (0, 0, 0)
+
+
+def _allowed(state: tuple[int, int, int]) -> list[int]:
+    col, width, rows = state
+    out = []
+    if rows < MAX_SIDE and col < (width or MAX_SIDE):
+        out.extend(range(10))
+    if col > 0 and (width == 0 or col == width):
+        out.append(NEWLINE)
+    if col == 0 and rows > 0:
+        out.append(END)
+    return out
+
+
+def _advance(state: tuple[int, int, int], sym: int) -> tuple[int, int, int]:
+    col, width, rows = state
+    if sym == NEWLINE:
+        return 0, width or col, rows + 1
+    return col + 1, width, rows
+
+
+_ALL = list(range(N_SYMBOLS))
+
+
+def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, renormalize: bool,
+              greedy: bool) -> list[tuple[float, int]]:
+    """Children worth exploring, as (cumulative logprob, symbol), least likely first (pop() takes
+    the most likely)."""
+    syms = _allowed(state) if grammar else _ALL
+    vals = lp[syms]
+    if renormalize and len(syms):
+        vals = vals - np.logaddexp.reduce(vals)
+    if greedy:
+        best = int(np.argmax(vals)) if len(syms) else None
+        return [] if best is None else [(cum + float(vals[best]), syms[best])]
+    kids = [(cum + float(v), s) for s, v in zip(syms, vals) if cum + v >= min_lp]
+    kids.sort()
+    return kids
+
+
+def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, min_lp: float,
+                 max_new: int, grammar: bool, renormalize: bool, greedy: bool):
+    """One view's depth-first search as a generator, so that one driver can run many in lock-step.
+
+    It yields ``(depth, symbol)``: "feed this symbol as answer token number ``depth``" (the cache
+    must then hold the prompt and the first ``depth`` tokens of the current path), and is sent back
+    the symbols' log-probabilities after that token. Finished paths (symbols, logprob) are appended
+    to ``found``. Iterative, so that 931-token answers do not hit Python's recursion limit.
+    """
+    path: list[int] = []
+    stack = [(_children(root_lp, 0.0, _START, min_lp, grammar, renormalize, greedy), _START)]
+    while stack:
+        kids, state = stack[-1]
+        if not kids:
+            stack.pop()
+            if path:
+                path.pop()
+            continue
+        cum, sym = kids.pop()
+        if sym == END:
+            found.append((path + [END], cum))
+            continue
+        if len(path) + 2 > max_new:  # no room left for the end token
+            continue
+        lp = yield len(path), sym
+        path.append(sym)
+        state = _advance(state, sym)
+        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy), state))
+
+
+# --- drivers: one view, or many in lock-step -----------------------------------------------------
+
+def _crop_to(cache, length: int) -> None:
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)  # negative: remove that many positions (transformers 4.4x and 5.x alike)
+
+
+def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[torch.Tensor],
+                opts: dict, deadline: float | None, stats: SearchStats) -> list[tuple[list[int], float]]:
+    device = symbol_ids.device
+    ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
+    out = model(input_ids=ids, use_cache=True, **last_logits_kwargs(model))
+    stats.forwards += 1
+    cache, plen = out.past_key_values, ids.shape[1]
+    found: list[tuple[list[int], float]] = []
+    gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
+    req = next(gen, None)
+    while req is not None:
+        if _past(deadline):
+            stats.timed_out = True
+            break
+        depth, sym = req
+        _crop_to(cache, plen + depth)
+        out = model(input_ids=feed[sym], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        stats.forwards += 1
+        stats.tokens_fed += 1
+        try:
+            req = gen.send(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0])
+        except StopIteration:
+            req = None
+    gen.close()
+    return found
+
+
+def _batchable(cache) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _drop_columns(cache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, keep)
+        layer.values = layer.values.index_select(-2, keep)
+
+
+def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
+                  opts: dict, deadline: float | None, stats: SearchStats) -> list[list[tuple[list[int], float]]] | None:
+    """Lock-step search of several views in one batch; None when the cache cannot be batched
+    this way (the caller then runs the views one by one)."""
+    device = symbol_ids.device
+    n, lens = len(prompts), [len(p) for p in prompts]
+    width = max(lens)
+    ids = np.full((n, width), pad, dtype=np.int64)
+    alive = np.zeros((n, width + 256), dtype=np.int64)  # attention mask, with room to grow
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = p
+        alive[r, width - len(p):width] = 1
+    pos = np.clip(np.cumsum(alive[:, :width], 1) - 1, 0, None)
+    out = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(alive[:, :width]).to(device),
+                position_ids=torch.from_numpy(pos).to(device), use_cache=True, **last_logits_kwargs(model))
+    stats.forwards += 1
+    cache = out.past_key_values
+    if not _batchable(cache):
+        return None
+    root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
+    found: list[list] = [[] for _ in range(n)]
+    gens, reqs, paths = {}, {}, {}
+    for v in range(n):
+        gen = _tree_search(root[v], found[v], **opts)
+        req = next(gen, None)
+        if req is not None:
+            gens[v], reqs[v], paths[v] = gen, req, []
+    rows = list(range(n))  # batch row -> view
+    ncols = width
+    while True:
+        done = [r for r, v in enumerate(rows) if v not in reqs]
+        if done:  # views that are finished leave the batch
+            keep = [r for r, v in enumerate(rows) if v in reqs]
+            if not keep:
+                break
+            cache.batch_select_indices(torch.tensor(keep, device=device))
+            alive, rows = alive[keep], [rows[r] for r in keep]
+        if _past(deadline):
+            stats.timed_out = True
+            break
+        live = alive[:, :ncols].any(0)
+        if ncols - live.sum() >= max(COMPACT_MIN_COLUMNS, ncols // 4):  # drop columns no row can see
+            kept = np.flatnonzero(live)
+            _drop_columns(cache, torch.from_numpy(kept).to(device))
+            new_index = np.cumsum(live) - 1
+            for v in rows:
+                paths[v] = [int(new_index[c]) for c in paths[v]]
+            alive = np.concatenate([alive[:, kept], np.zeros((len(rows), alive.shape[1] - ncols), np.int64)], 1)
+            ncols = len(kept)
+        if ncols + 1 > alive.shape[1]:
+            alive = np.concatenate([alive, np.zeros_like(alive)], 1)
+        tokens, positions = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+        for r, v in enumerate(rows):
+            depth, sym = reqs[v]
+            path = paths[v]
+            alive[r, path[depth:]] = 0  # backtrack: the abandoned branch's columns go dark
+            del path[depth:]
+            path.append(ncols)
+            tokens[r], positions[r] = sym_tokens[sym], lens[v] + depth
+        alive[:, ncols] = 1
+        ncols += 1
+        out = model(input_ids=torch.from_numpy(tokens[:, None]).to(device),
+                    attention_mask=torch.from_numpy(alive[:, :ncols]).to(device),
+                    position_ids=torch.from_numpy(positions[:, None]).to(device),
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        stats.forwards += 1
+        stats.tokens_fed += len(rows)
+        lps = _symbol_logprobs(out.logits[:, -1], symbol_ids)
+        for r, v in enumerate(rows):
+            try:
+                reqs[v] = gens[v].send(lps[r])
+            except StopIteration:
+                del reqs[v]
+    for gen in gens.values():
+        gen.close()
+    return found
+
+
+def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: TokenMap, *, threshold: float,
+                   greedy: bool = False, max_new_tokens: int = MAX_ANSWER_TOKENS, renormalize: bool = False,
+                   grammar: bool = True, batch: bool = True, max_batch_tokens: int = 32768,
+                   deadline: float | None = None, device: torch.device | str | None = None,
+                   stats: SearchStats | None = None) -> list[list[Completion]]:
+    """The search on each prompt (each ending with the output marker): per prompt, its completions,
+    most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then."""
+    stats = stats if stats is not None else SearchStats()
+    t0 = time.time()
+    device = torch.device(device) if device is not None else model_device(model)
+    answer_ids = tm.answer_ids
+    symbol_ids = torch.tensor(answer_ids, device=device)
+    feed = [torch.tensor([[t]], device=device) for t in answer_ids]
+    opts = dict(min_lp=-math.inf if greedy else math.log(threshold), max_new=max_new_tokens,
+                grammar=grammar, renormalize=renormalize, greedy=greedy)
+    prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
+    results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
+    with inference(model):
+        groups = _groups([len(p) for p in prompts], max_batch_tokens) if batch and len(prompts) > 1 else \
+            [[i] for i in range(len(prompts))]
+        for group in groups:
+            if _past(deadline):
+                stats.timed_out = True
+                break
+            got = None
+            if len(group) > 1:
+                got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
+                                    np.asarray(answer_ids), opts, deadline, stats)
+            if got is None:
+                got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats) for i in group]
+            for i, f in zip(group, got):
+                results[i] = f
+    stats.views += len(prompts)
+    stats.seconds += time.time() - t0
+    out = []
+    for found in results:
+        comps = sorted((Completion([answer_ids[s] for s in path], lp) for path, lp in found or []),
+                       key=lambda c: -c.logprob)
+        stats.completions += len(comps)
+        out.append(comps)
+    return out
+
+
+def _groups(lens: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive groups of views whose padded batch (views x longest prompt) stays under the cap."""
+    groups: list[list[int]] = []
+    for i, n in enumerate(lens):
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * max(n, *(lens[j] for j in g)) <= max_tokens:
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def dfs(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap, *, threshold: float,
+        max_new_tokens: int = MAX_ANSWER_TOKENS, deadline: float | None = None,
+        device: torch.device | str | None = None, renormalize: bool = False, grammar: bool = True,
+        stats: SearchStats | None = None) -> list[Completion]:
+    """Every completion of ``prompt_ids`` (ending with the end marker's first token, at most
+    ``max_new_tokens`` tokens) whose probability is at least ``threshold``, most likely first."""
+    return search_prompts(model, [prompt_ids], tm, threshold=threshold, max_new_tokens=max_new_tokens,
+                          renormalize=renormalize, grammar=grammar, deadline=deadline, device=device,
+                          stats=stats)[0]
+
+
+def greedy(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap, *,
+           max_new_tokens: int = MAX_ANSWER_TOKENS, deadline: float | None = None,
+           device: torch.device | str | None = None, grammar: bool = True,
+           stats: SearchStats | None = None) -> Completion | None:
+    """The most likely answer symbol at every step (the search with one child per node and no
+    threshold); None if it does not end within ``max_new_tokens`` or by the deadline."""
+    got = search_prompts(model, [prompt_ids], tm, threshold=1.0, greedy=True, max_new_tokens=max_new_tokens,
+                         grammar=grammar, deadline=deadline, device=device, stats=stats)[0]
+    return got[0] if got else None
+
+
+# --- one test input under augmentations ----------------------------------------------------------
+
+def as_view(view: Any) -> tuple[Augmentation, np.ndarray]:
+    """(augmentation, prompt ids) of a ``ttt_data.View`` or of such a pair."""
+    if isinstance(view, tuple):
+        aug, prompt = view
+    else:
+        aug, prompt = view.aug, view.prompt
+    return aug, np.asarray(prompt, dtype=np.int64)
+
+
+def checked_views(task: Task, test_index: int, views: Sequence[Any], tm: TokenMap) -> list[tuple[Augmentation, np.ndarray]]:
+    if not 0 <= test_index < task.n_test:
+        raise ValueError(f"task {task.id}: test index {test_index} out of range (it has {task.n_test} test inputs)")
+    out = [as_view(v) for v in views]
+    marker = np.asarray(tm.output, dtype=np.int64)
+    for aug, prompt in out:
+        if len(prompt) < len(marker) or not np.array_equal(prompt[-len(marker):], marker):
+            raise ValueError(f"task {task.id} test {test_index} view {aug.key}: prompt does not end with the output marker")
+    return out
+
+
+def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: TokenMap, views: Sequence[Any],
+                      cfg: SearchConfig, deadline: float | None = None, device: torch.device | str | None = None,
+                      stats: SearchStats | None = None) -> list[Candidate]:
+    """Search every view of test input ``test_index``, parse each completion, map it back to the
+    task's frame and merge equal grids. Candidates come most-found first, then most likely."""
+    pairs = checked_views(task, test_index, views, tm)
+    if cfg.time_limit_s is not None:
+        cap = time.time() + cfg.time_limit_s
+        deadline = cap if deadline is None else min(deadline, cap)
+    results = search_prompts(model, [p for _, p in pairs], tm, threshold=cfg.threshold, greedy=cfg.greedy,
+                             renormalize=cfg.renormalize, batch=cfg.batch_views, max_batch_tokens=cfg.max_batch_tokens,
+                             deadline=deadline, device=device, stats=stats)
+    merged: dict[tuple, Candidate] = {}
+    for (aug, _), comps in zip(pairs, results):
+        for comp in comps[:cfg.max_candidates_per_view]:
+            grid = parse_answer(comp.ids, tm, require_end=True)
+            if isinstance(grid, np.ndarray):
+                grid = aug.invert_grid(grid)
+                merged.setdefault(grid_key(grid), Candidate(grid)).found.append((aug.key, comp.logprob))
+    return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
+
+
+def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
+                   deadline: float | None = None, stats: SearchStats | None = None) -> list[Candidate]:
+    """:func:`search_test_input` on a loaded ``model.ModelSession``."""
+    return search_test_input(session.model, task, test_index, session.token_map, views, cfg,
+                             deadline=deadline, device=session.device, stats=stats)
