@@ -219,7 +219,8 @@ svg.grid{display:block;border:1px solid #888;background:#000}
 .lbl{font-weight:bold;margin:8px 0 0}.err{color:#b00;font-family:ui-monospace,monospace;white-space:pre-wrap}
 .bad{color:#b00;font-size:12px;border:1px dashed #b00;padding:8px}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:420px;font-size:12px}
-.legend span{display:inline-block;width:14px;height:14px;vertical-align:middle;border:1px solid #888;margin:0 3px 0 10px}
+.legend span{display:inline-block;width:14px;height:14px;vertical-align:middle;border:1px solid #888;
+ margin:0 3px 0 10px}
 """
 
 JS = """
@@ -453,7 +454,8 @@ def render_report(run_dir: Path, solutions: Path | None = None, timeline_png: by
     for name in ("config.json", "run.json"):
         path = run_dir / name
         if path.is_file():
-            page.append(f"<details><summary>{name}</summary><pre>{_e(path.read_text(errors='replace'))}</pre></details>")
+            text = path.read_text(errors="replace")
+            page.append(f"<details><summary>{name}</summary><pre>{_e(text)}</pre></details>")
     log = run_dir / "log.txt"
     if log.is_file():
         tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]

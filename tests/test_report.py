@@ -160,7 +160,8 @@ def test_report_and_show_cli(handmade_run, run_copy, tmp_path, capsys):
     from matplotlib.image import imread
 
     pixels = (imread(out)[..., :3] * 255).round().astype(int)
-    assert out.read_bytes()[:8] == PNG_MAGIC and pixels.shape[1] == 1920  # 6 train + 2 test columns of 2.4 in at 100 dpi
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert pixels.shape[1] == 1920  # 6 train + 2 test columns of 2.4 inches at 100 dpi
     for colour in (PALETTE[0], PALETTE[1], PALETTE[2]):  # 6ea4a07e is drawn in black, blue and red
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
         assert (pixels == rgb).all(axis=-1).sum() > 500
