@@ -344,6 +344,9 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden
 
     Key/value heads are half the attention heads (grouped-query attention, as in Llama 3 and Qwen).
     """
+    if min(hidden, layers, heads, intermediate) < 1 or extra_tokens < 0:
+        raise ValueError(f"hidden, layers, heads and intermediate must be >= 1 and extra_tokens >= 0, got "
+                         f"{hidden}, {layers}, {heads}, {intermediate}, {extra_tokens}")
     if hidden % heads or (hidden // heads) % 2:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads}) with an even head size")
     set_offline_env()

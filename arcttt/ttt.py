@@ -154,6 +154,21 @@ def batch_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
     return F.cross_entropy(logits[picked].float(), labels[picked], reduction="sum") / picked.sum()
 
 
+def mean_loss(session: ModelSession, sequences: list[Encoded], batch_tokens: int = 8192) -> float:
+    """Mean cross-entropy over all target tokens of ``sequences`` (no training; eval mode)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in pack_batches(sequences, batch_tokens, 64, session.token_map.pad):
+            n = int(batch.targets.sum())
+            if n:
+                with _autocast(session):
+                    total += float(batch_loss(session.model, batch, session.device)) * n
+                count += n
+    if not count:
+        raise ValueError("no target tokens in the sequences")
+    return total / count
+
+
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TTTConfig, device: torch.device) -> torch.optim.Optimizer:
     kind = cfg.optimizer
     if kind == "auto":
