@@ -107,6 +107,7 @@ def commands() -> dict:
         "show": show,
         "profile": profile,
         "shrink-vocab": shrink_vocab,
+        "prepare-weights": prepare_weights,
         "make-tiny-model": make_tiny_model,
     }
 
@@ -319,6 +320,40 @@ def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "cha
 
     try:
         out = shrink(src, dst, format)
+    except (WeightsError, FormatError) as e:
+        return _error(str(e))
+    print(out)
+    return 0
+
+
+# --- kaggle (prepare-weights) --------------------------------------------------------------------
+
+def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "chat"],
+                    quantize: typing.Literal["none", "4bit"] = "none",
+                    compute_dtype: typing.Literal["auto", "bf16", "fp16", "fp32"] = "auto",
+                    allow_cpu_quantize: bool = False) -> int:
+    """Make a local Hugging Face model ready to attach on Kaggle: shrink its vocabulary to FORMAT
+    (as shrink-vocab), optionally save it pre-quantized to bitsandbytes 4-bit (nf4, double
+    quantization) safetensors, and write arcttt.json (format, token ids, source, quantization).
+
+    Quantizing needs a CUDA GPU; without one it stops with an error unless --allow-cpu-quantize
+    (bitsandbytes 0.50 quantizes on CPU too: slow, meant for tests and small models). Offline: SRC
+    must hold config.json, *.safetensors and a tokenizer. See weights/README.md.
+
+    Args:
+        src: The source model directory.
+        dst: Where to write the prepared model (a new or empty folder).
+        format: compact (a vocabulary holding the 16 compact tokens) or chat (ChatML special tokens, as in Qwen).
+        quantize: none, or 4bit (bitsandbytes nf4).
+        compute_dtype: Compute dtype stored with 4-bit weights (auto: bf16 on a GPU that has it, fp16 on one
+            that does not, fp32 on CPU); use fp16 for a model meant for T4s.
+        allow_cpu_quantize: Quantize on the CPU when no GPU is visible.
+    """
+    from arcttt.formats import FormatError
+    from arcttt.weights import WeightsError, prepare_weights as prepare
+
+    try:
+        out = prepare(src, dst, format, quantize=quantize, compute_dtype=compute_dtype, allow_cpu=allow_cpu_quantize)
     except (WeightsError, FormatError) as e:
         return _error(str(e))
     print(out)

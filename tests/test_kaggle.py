@@ -282,3 +282,79 @@ def test_code_dataset_build_installs_offline(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert "arcttt" in dry.stdout
+
+
+# --- prepare-weights ----------------------------------------------------------------------------
+
+def test_prepare_weights_without_quantization(tiny_model_dir, tmp_path):
+    from arcttt.formats import read_model_meta
+    from arcttt.weights import prepare_weights
+
+    dst = prepare_weights(tiny_model_dir, tmp_path / "prepared", "compact")
+    tm, meta = read_model_meta(dst)
+    assert meta["quantization"] is None and meta["prepared_by"] == "arcttt prepare-weights"
+    assert meta["source"] == str(tiny_model_dir) and tm.format == "compact"
+    assert "quantization_config" not in json.loads((dst / "config.json").read_text())
+
+
+def test_prepare_weights_refuses_a_used_destination(tiny_model_dir, tmp_path):
+    from arcttt.weights import WeightsError, prepare_weights
+
+    touch(tmp_path / "dst" / "old.txt")
+    with pytest.raises(WeightsError, match="not an empty folder"):
+        prepare_weights(tiny_model_dir, tmp_path / "dst", "compact")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_prepare_weights_4bit_needs_a_gpu_or_the_cpu_flag(tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    from arcttt.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the no-GPU error cannot happen here")
+    with pytest.raises(SystemExit) as e:
+        main(["prepare-weights", str(tiny_model_dir), str(tmp_path / "q"), "--format", "compact", "--quantize", "4bit"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "--allow-cpu-quantize" in err
+    assert not (tmp_path / "q").exists()  # refused before any work
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_prepare_weights_4bit_on_cpu_loads_back_quantized(tiny_model_dir, tmp_path):
+    """bitsandbytes 0.50 quantizes on CPU: the saved 4-bit directory loads through the pipeline's
+    loader (with and without load_in_4bit) and stays close to the full-precision model."""
+    import torch
+
+    from arcttt.cli import main
+    from arcttt.formats import encode, read_model_meta
+    from arcttt.data import load_split
+    from arcttt.model import ModelConfig, load_model
+
+    dst = tmp_path / "q4"
+    with pytest.raises(SystemExit) as e:
+        main(["prepare-weights", str(tiny_model_dir), str(dst), "--format", "compact", "--quantize", "4bit",
+              "--allow-cpu-quantize"])
+    assert e.value.code == 0
+    config = json.loads((dst / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "bitsandbytes" and config["load_in_4bit"] and config["bnb_4bit_quant_type"] == "nf4"
+    _, meta = read_model_meta(dst)
+    assert meta["quantization"]["bits"] == 4 and meta["quantization"]["quantized_on"] == "cpu"
+    assert not list(tmp_path.glob(".q4.*"))  # the intermediate copy is gone
+
+    task = load_split("arc-agi-1-eval")[0]
+    full = load_model(tiny_model_dir, ModelConfig(backend="hf", dtype="fp32"))
+    ids = torch.as_tensor(encode(task.train[:1], task.test_inputs[0], full.token_map).ids)[None, :256]
+    logits = {}
+    for load_in_4bit in (True, False):
+        q = load_model(dst, ModelConfig(backend="hf", dtype="fp32", load_in_4bit=load_in_4bit))
+        layer = q.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+        assert type(layer).__name__ == "Linear4bit"
+        with torch.no_grad():
+            logits[load_in_4bit] = q.model(input_ids=ids).logits
+    with torch.no_grad():
+        ref = full.model(input_ids=ids).logits
+    assert torch.equal(logits[True], logits[False])
+    err = (logits[True] - ref).abs().max().item()
+    assert 0 < err < 0.25 * ref.abs().max().item()
