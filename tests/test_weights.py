@@ -23,7 +23,7 @@ def _tiny_llama(tokenizer, path, *, tie: bool = False, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie)
     torch.manual_seed(seed)
@@ -55,6 +55,11 @@ def _check_shrunk(src_model, src_tokenizer, dst, fmt, task):
     assert meta["kept_source_ids"] == keep and meta["format"] == fmt
     assert sorted(os.listdir(dst)) == ["arcttt.json", "config.json", "generation_config.json", "model.safetensors",
                                        "tokenizer.json", "tokenizer_config.json"]
+    # config.json reads the same in transformers 4.4x (rope base and dtype under their old names too)
+    config = json.loads((dst / "config.json").read_text())
+    assert config["rope_theta"] == 1e6 and config["torch_dtype"] == "float32"
+    if "rope_parameters" in config:
+        assert config["rope_parameters"]["rope_theta"] == 1e6
     model, tokenizer = _load(dst)
     # the vocabulary is exactly the kept tokens, and the tokenizer agrees with arcttt.json
     assert model.config.vocab_size == len(keep) == len(tokenizer) < len(src_tokenizer)
@@ -161,3 +166,19 @@ def test_kept_ids_include_bos_eos_pad():
     assert set(tm.used_ids) <= set(keep) and keep == sorted(keep)
     assert {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} <= set(keep)
     assert np.all(np.diff(keep) > 0)
+
+
+def test_portable_config_writes_the_old_names_too(tmp_path):
+    from arcttt.weights import portable_config
+
+    rope = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "x", "dtype": "bfloat16", "rope_parameters": rope,
+                                "text_config": {"model_type": "y", "rope_parameters": {"rope_theta": 1e6}},
+                                "rope_theta": 500000.0}))
+    portable_config(path)
+    config = json.loads(path.read_text())
+    assert config["torch_dtype"] == "bfloat16" and config["rope_theta"] == 500000.0
+    assert config["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0}
+    assert config["text_config"]["rope_theta"] == 1e6 and "rope_scaling" not in config["text_config"]
+    assert config["rope_parameters"] == rope  # what transformers 5 reads is left as it was
