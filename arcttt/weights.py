@@ -1,5 +1,6 @@
 """Model weights on disk: cutting a local Hugging Face causal LM's vocabulary down to the tokens of
-an arcttt format (``arcttt shrink-vocab``).
+an arcttt format (``arcttt shrink-vocab``), and :func:`prepare_weights` (``arcttt prepare-weights``),
+which shrinks and optionally pre-quantizes to bitsandbytes 4-bit.
 
 A shrunk model keeps the input-embedding and output-layer rows of the format's tokens
 (:attr:`TokenMap.used_ids`, plus the tokenizer's bos/eos/pad), in their old order, so its logits
@@ -223,3 +224,114 @@ def portable_config(path: Path) -> None:
             if rope.get("rope_type", "default") != "default":
                 c.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# --- prepare-weights: shrink, optionally pre-quantize, record both in arcttt.json ---------------
+
+QUANTIZE_CHOICES = ("none", "4bit")
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _update_model_meta(model_dir: Path, **fields) -> None:
+    """Add or replace fields of ``model_dir/arcttt.json``, keeping the format and token map."""
+    from arcttt.formats import read_model_meta
+
+    tm, meta = read_model_meta(model_dir)
+    kept = {k: v for k, v in meta.items() if k not in ("format", "token_map")}
+    write_model_meta(model_dir, tm, **{**kept, **fields})
+
+
+def quantize_device(allow_cpu: bool = False) -> str:
+    """``"cuda"`` when a CUDA GPU is visible, ``"cpu"`` when ``allow_cpu``, else a WeightsError
+    saying what to do instead."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise WeightsError("--quantize 4bit needs bitsandbytes: pip install bitsandbytes")
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if allow_cpu:
+        return "cpu"
+    raise WeightsError("--quantize 4bit needs a CUDA GPU (bitsandbytes quantizes there) and none is visible. "
+                       "Run prepare-weights on a GPU machine; or pass --allow-cpu-quantize (bitsandbytes 0.50 "
+                       "also quantizes on CPU: slow, meant for tests and small models); or leave out --quantize "
+                       "and let the loader quantize at start-up (ModelConfig.load_in_4bit).")
+
+
+def quantize_4bit(src: Path, dst: Path, device: str, compute_dtype: str = "auto") -> dict:
+    """Save the prepared model ``src`` to ``dst`` as bitsandbytes 4-bit nf4 safetensors (double
+    quantization), copy its tokenizer and ``arcttt.json``, and record the quantization there;
+    returns the record.
+
+    ``compute_dtype`` (bf16, fp16, fp32; auto: bf16 on a GPU that has it natively, fp16 on one that
+    does not, fp32 on CPU) is also the dtype of the layers left unquantized (embeddings, norms,
+    lm_head). A model meant for T4s (no bf16) should be prepared with fp16.
+    """
+    _offline()
+    import shutil
+
+    import bitsandbytes
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if compute_dtype == "auto":
+        compute_dtype = "fp32" if device == "cpu" else (
+            "bf16" if torch.cuda.get_device_capability(0) >= (8, 0) else "fp16")
+    if compute_dtype not in _TORCH_DTYPES:
+        raise WeightsError(f"compute dtype must be auto, bf16, fp16 or fp32, got {compute_dtype!r}")
+    dtype = getattr(torch, _TORCH_DTYPES[compute_dtype])
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src, quantization_config=config, device_map={"": 0} if device == "cuda" else "cpu",
+            local_files_only=True, trust_remote_code=False, use_safetensors=True, **{dtype_kw: dtype})
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise WeightsError(f"{src}: cannot quantize to 4-bit on {device} ({type(e).__name__}: {e})") from None
+    dst.mkdir(parents=True, exist_ok=True)
+    _save_model(model, dst)
+    written = {p.name for p in dst.iterdir()}
+    for path in src.iterdir():  # the tokenizer and arcttt.json; weights and configs were just written
+        if path.is_file() and path.name not in written and ".safetensors" not in path.name:
+            shutil.copy2(path, dst / path.name)
+    record = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4", "double_quant": True,
+              "compute_dtype": _TORCH_DTYPES[compute_dtype], "quantized_on": device,
+              "bitsandbytes": bitsandbytes.__version__}
+    _update_model_meta(dst, quantization=record)
+    return record
+
+
+def prepare_weights(src: str | Path, dst: str | Path, format_name: str, *, quantize: str = "none",
+                    compute_dtype: str = "auto", allow_cpu: bool = False) -> Path:
+    """Make ``dst`` ready for the pipeline from the local Hugging Face model ``src``; returns ``dst``.
+
+    The vocabulary is cut to ``format_name`` (:func:`shrink_vocab`); with ``quantize="4bit"`` the
+    weights are saved as bitsandbytes 4-bit safetensors (:func:`quantize_4bit`): about a quarter of
+    the size to attach on Kaggle, and nothing to quantize at every start. ``arcttt.json`` records the
+    format, the token map, the source and ``quantization`` (None when not quantized). Quantizing
+    needs a CUDA GPU unless ``allow_cpu``. ``dst`` must not exist or be empty. Raises
+    :class:`WeightsError` or :class:`FormatError` naming the fault.
+    """
+    if quantize not in QUANTIZE_CHOICES:
+        raise WeightsError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
+    device = quantize_device(allow_cpu) if quantize == "4bit" else None  # fail before the long shrink
+    if device is None:
+        shrink_vocab(src, dst, format_name)
+        _update_model_meta(dst, quantization=None, prepared_by="arcttt prepare-weights")
+        return dst
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # the shrunk full-precision copy is only a step; beside dst so that it is on the same disk
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
+        shrunk = shrink_vocab(src, Path(tmp) / "shrunk", format_name)
+        quantize_4bit(shrunk, dst, device, compute_dtype)
+    _update_model_meta(dst, prepared_by="arcttt prepare-weights")
+    return dst
