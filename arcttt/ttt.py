@@ -103,12 +103,12 @@ class Batch:
 
 
 def lr_at(step: int, cfg: TTTConfig) -> float:
-    """Linear warmup to ``cfg.lr``, then cosine down to ``cfg.lr * cfg.min_lr_frac`` at the last step."""
+    """Linear warmup to ``cfg.lr``, then cosine down to ``cfg.lr * cfg.min_lr_frac``, reached one step
+    after the last (so that no planned step runs at the floor, which may be 0)."""
     warmup = math.ceil(cfg.warmup_frac * cfg.steps)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    decay_steps = max(1, cfg.steps - 1 - warmup)
-    progress = min(1.0, (step - warmup) / decay_steps)
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
     min_lr = cfg.lr * cfg.min_lr_frac
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
