@@ -517,6 +517,8 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
 
 def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
                    deadline: float | None = None, stats: SearchStats | None = None) -> list[Candidate]:
-    """:func:`search_test_input` on a loaded ``model.ModelSession``."""
+    """:func:`search_test_input` on a loaded ``model.ModelSession`` (switched to inference mode:
+    unsloth needs its own switch, not just ``model.eval()``)."""
+    session.eval_mode()
     return search_test_input(session.model, task, test_index, session.token_map, views, cfg,
                              deadline=deadline, device=session.device, stats=stats)

@@ -1,0 +1,215 @@
+"""Choosing the two attempts among a test input's candidates.
+
+Scoring (:func:`score_candidates`): every distinct candidate is scored by its teacher-forced
+log-likelihood under M augmented views of the task: in a view, the candidate is augmented like the
+view, and its answer tokens (grid rows, newlines and the whole end marker) are scored after the
+view's prompt, by a softmax over the whole vocabulary (like the search, no renormalisation). The
+views' log-likelihoods are summed -- a product of experts, each view one expert -- and a bonus of
+``hits_weight * log(hits)`` rewards answers the search found under many views::
+
+    score(c) = sum_v log p(answer_v(c) | prompt_v) + hits_weight * log(hits(c))
+
+Per view, the prompt is run once and its key/value cache is expanded across a batch of candidates,
+which continue from it (only the answers are computed per candidate). Views are scored whole, in
+turn, so at every moment all candidates have been scored on the same views; if the deadline passes,
+the ranking uses the views scored so far, or, with none, the search's own logprob in place of the
+sum (``score = search_logprob + hits_weight * log(hits)``).
+
+Ranking: ``method="poe"`` ranks by the score. ``method="vote"`` is MIT-style hierarchical voting:
+the views that found candidates are grouped by their symmetry; within a group, candidates are
+ranked by how many of the group's views found them (then by their best search logprob), and the
+group's top ``vote_top_k`` each get one vote; candidates are ranked by votes across groups, ties
+broken by the likelihood score.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from arcttt.augment import Augmentation
+from arcttt.data import Task
+from arcttt.formats import TokenMap, answer_ids
+from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device
+
+
+@dataclass
+class SelectConfig:
+    """How a test input's candidates are ranked into two attempts."""
+
+    method: Literal["poe", "vote"] = "poe"
+    """poe: augmented likelihood (product of experts) + hits bonus; vote: hierarchical voting."""
+    n_views: int = 8
+    """Augmented views each candidate is scored under (0: no scoring, rank by the search's logprob)."""
+    hits_weight: float = 1.0
+    """Weight of log(hits) in the score (hits: views whose search found the candidate)."""
+    keep_background: bool = True
+    """Colour permutations of the scoring views keep colour 0 in place."""
+    batch_size: int = 8
+    """Candidates scored together on one view (lower it for big vocabularies: logits are batch x answer x vocab)."""
+    vote_top_k: int = 3
+    """Voting: how many candidates of each augmentation group get a vote."""
+    keep_candidates: int = 8
+    """How many ranked candidates a task's result file records."""
+    seed: int = 1
+    """Seed of the scoring views' augmentations."""
+
+    def __post_init__(self):
+        errors = []
+        if self.method not in ("poe", "vote"):
+            errors.append(f"method must be 'poe' or 'vote', got {self.method!r}")
+        if self.n_views < 0:
+            errors.append(f"n_views must be >= 0, got {self.n_views}")
+        if self.batch_size < 1:
+            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.vote_top_k < 1:
+            errors.append(f"vote_top_k must be >= 1, got {self.vote_top_k}")
+        if self.keep_candidates < 0:
+            errors.append(f"keep_candidates must be >= 0, got {self.keep_candidates}")
+        if not math.isfinite(self.hits_weight):
+            errors.append(f"hits_weight must be finite, got {self.hits_weight}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+@dataclass
+class ScoredCandidate:
+    """A candidate with its score, the log-likelihoods it was scored with (one per view, in
+    ``views`` order) and its votes."""
+
+    candidate: Candidate
+    score: float
+    view_logprobs: list[float] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)   # augmentation keys of the scored views
+    votes: int = 0
+    rank: tuple = ()                                  # the sort key (larger ranks first)
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self.candidate.grid
+
+    def to_json(self) -> dict:
+        return {**self.candidate.to_json(score=self.score), "votes": self.votes,
+                "view_logprobs": [float(x) for x in self.view_logprobs]}
+
+
+# --- likelihood under augmented views -----------------------------------------------------------
+
+def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequence[np.ndarray], *,
+                    batch_size: int = 8, deadline: float | None = None,
+                    device: torch.device | str | None = None) -> np.ndarray | None:
+    """log p(answer | prompt) of each answer (token ids), teacher-forced: the prompt is run once and
+    its cache expanded across each batch of answers. None if the deadline passes first."""
+    device = torch.device(device) if device is not None else model_device(model)
+    out_lp = np.zeros(len(answers))
+    with inference(model):
+        ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
+        out = model(input_ids=ids, use_cache=True, **last_logits_kwargs(model))
+        first = torch.log_softmax(out.logits[0, -1].float(), -1)
+        prompt_cache = out.past_key_values
+        starts = range(0, len(answers), batch_size)
+        for s in starts:
+            if deadline is not None and time.time() >= deadline:
+                return None
+            batch = [np.asarray(a, dtype=np.int64) for a in answers[s:s + batch_size]]
+            lens = [len(a) for a in batch]
+            scores = first[[int(a[0]) for a in batch]].double().cpu().numpy()
+            longest = max(lens)
+            if longest > 1:
+                # every answer but its last token is fed, right-padded: causal attention means the
+                # padding (after an answer's end) never reaches the positions that are read
+                inp = np.zeros((len(batch), longest - 1), dtype=np.int64)
+                for r, a in enumerate(batch):
+                    inp[r, :len(a) - 1] = a[:-1]
+                last = s + batch_size >= len(answers)
+                cache = prompt_cache if last else copy.deepcopy(prompt_cache)
+                if len(batch) > 1:
+                    cache.batch_repeat_interleave(len(batch))
+                logits = model(input_ids=torch.from_numpy(inp).to(device), past_key_values=cache,
+                               use_cache=True).logits
+                for r, a in enumerate(batch):  # row by row: one row's float32 log-softmax at a time
+                    n = len(a) - 1
+                    if n:
+                        lp = torch.log_softmax(logits[r, :n].float(), -1)
+                        tgt = torch.from_numpy(a[1:]).to(device)
+                        scores[r] += float(lp.gather(-1, tgt[:, None]).sum())
+            out_lp[s:s + len(batch)] = scores
+    return out_lp
+
+
+def score_candidates(model: torch.nn.Module, task: Task, test_index: int, candidates: Sequence[Candidate],
+                     views: Sequence[Any], tm: TokenMap, cfg: SelectConfig, deadline: float | None = None,
+                     device: torch.device | str | None = None) -> list[ScoredCandidate]:
+    """Score and rank the candidates of one test input (best first); see the module doc.
+    ``views``: ``ttt_data.View``s or (augmentation, prompt ids) pairs; the first ``cfg.n_views``
+    are used."""
+    pairs = checked_views(task, test_index, views, tm)[:cfg.n_views]
+    cands = list(candidates)
+    if not cands:
+        return []
+    per_view: list[np.ndarray] = []
+    keys: list[str] = []
+    for aug, prompt in pairs:
+        if deadline is not None and time.time() >= deadline:
+            break
+        answers = [answer_ids(aug.grid(c.grid), tm) for c in cands]
+        got = answer_logprobs(model, prompt, answers, batch_size=cfg.batch_size, deadline=deadline, device=device)
+        if got is None:
+            break  # a view scored in part is dropped, so that all candidates stay comparable
+        per_view.append(got)
+        keys.append(aug.key)
+    scored = []
+    for j, c in enumerate(cands):
+        lps = [float(v[j]) for v in per_view]
+        base = sum(lps) if lps else c.search_logprob
+        scored.append(ScoredCandidate(c, base + cfg.hits_weight * math.log(max(c.hits, 1)), lps, list(keys)))
+    return rank(scored, cfg)
+
+
+def rank(scored: list[ScoredCandidate], cfg: SelectConfig) -> list[ScoredCandidate]:
+    """Sort best first by the configured method (sets ``votes`` and ``rank``)."""
+    votes = hierarchical_votes([s.candidate for s in scored], cfg.vote_top_k)
+    for s, v in zip(scored, votes):
+        s.votes = v
+        tail = (s.candidate.hits, s.candidate.search_logprob)
+        s.rank = (v, s.score, *tail) if cfg.method == "vote" else (s.score, *tail)
+    return sorted(scored, key=lambda s: s.rank, reverse=True)
+
+
+def hierarchical_votes(candidates: Sequence[Candidate], top_k: int) -> list[int]:
+    """Votes of each candidate: the views that found candidates are grouped by symmetry; in each
+    group the ``top_k`` candidates found by most of the group's views (then with the best logprob
+    in the group) get a vote."""
+    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for j, c in enumerate(candidates):
+        for key, lp in c.found:
+            groups[Augmentation.from_key(key).symmetry][j].append(lp)
+    votes = [0] * len(candidates)
+    for found in groups.values():
+        ranked = sorted(found, key=lambda j: (len(found[j]), max(found[j])), reverse=True)
+        for j in ranked[:top_k]:
+            votes[j] += 1
+    return votes
+
+
+def choose_attempts(scored: Sequence[ScoredCandidate], default: np.ndarray | list) -> tuple[np.ndarray, np.ndarray]:
+    """The two best grids; with one candidate the second attempt is ``default``, with none both are."""
+    ranked = sorted(scored, key=lambda s: s.rank, reverse=True)
+    fallback = np.asarray(default, dtype=np.uint8)
+    grids = [s.grid for s in ranked[:2]] + [fallback, fallback]
+    return grids[0], grids[1]
+
+
+def score_session(session, task: Task, test_index: int, candidates: Sequence[Candidate], views: Sequence[Any],
+                  cfg: SelectConfig, deadline: float | None = None) -> list[ScoredCandidate]:
+    """:func:`score_candidates` on a loaded ``model.ModelSession`` (switched to inference mode)."""
+    session.eval_mode()
+    return score_candidates(session.model, task, test_index, candidates, views, session.token_map, cfg,
+                            deadline=deadline, device=session.device)
