@@ -379,24 +379,50 @@ def _profile(run_dir: Path) -> str:
         return f"(no profile for {run_dir}: {e})"
 
 
+def subset_tasks(challenges: Path, solutions: Path, n: int, out_dir: Path) -> tuple[Path, Path]:
+    """The first ``n`` tasks (by id) that have solutions, written as a challenges/solutions pair
+    in ``out_dir``: the self-check answers a few tasks, not the whole evaluation set."""
+    import json
+
+    from arcttt.data import read_json
+
+    ch, sol = read_json(challenges, "challenges"), read_json(solutions, "solutions")
+    if not isinstance(ch, dict) or not isinstance(sol, dict):
+        raise InputsError(f"{challenges} / {solutions}: not JSON objects of tasks")
+    ids = sorted(set(ch) & set(sol))[:n]
+    if not ids:
+        raise InputsError(f"{challenges} and {solutions} have no task id in common")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / EVAL_CHALLENGES, out_dir / EVAL_SOLUTIONS
+    for path, obj in zip(paths, (ch, sol)):
+        path.write_text(json.dumps({tid: obj[tid] for tid in ids}, separators=(",", ":")))
+    return paths
+
+
 def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) -> dict:
     """Answer a few evaluation tasks with known solutions and print the score and the profile.
 
-    Uses the competition's evaluation files when attached, else the bundled ARC-AGI-2 evaluation split.
+    Uses the competition's evaluation files when attached, else the bundled ARC-AGI-2 evaluation
+    split; writes ``<working>/selfcheck/`` (submission, score.json, report.html, run files).
     """
     from arcttt.pipeline import dry_run
 
     out = settings.working_dir / "selfcheck"
-    known = inputs.evaluation_challenges is not None and inputs.evaluation_solutions is not None
-    source = inputs.evaluation_challenges if known else "bundled arc-agi-2-eval"
-    print(f"self-check: {settings.selfcheck_tasks} tasks of {source}, budget {settings.selfcheck_budget_s:.0f} s")
-    result = dry_run(out, tasks=settings.selfcheck_tasks, model=inputs.model_dir,
+    n = settings.selfcheck_tasks
+    if inputs.evaluation_challenges is not None and inputs.evaluation_solutions is not None:
+        source = str(inputs.evaluation_challenges)
+        challenges, solutions = subset_tasks(inputs.evaluation_challenges, inputs.evaluation_solutions, n,
+                                             out / "data")
+    else:
+        source, challenges, solutions = "the bundled arc-agi-2-eval split", None, None
+    print(f"self-check: {n} tasks of {source}, budget {settings.selfcheck_budget_s:.0f} s")
+    result = dry_run(out, split="arc-agi-2-eval", tasks=n, model=inputs.model_dir,
                      time_budget=settings.selfcheck_budget_s, config=preset,
-                     challenges=inputs.evaluation_challenges if known else None,
-                     solutions=inputs.evaluation_solutions if known else None)
-    print(f"self-check score: {result.get('score')}  ({out / 'score.json'}, report {out / 'report.html'})")
-    run_dir = Path(result.get("run_dir", out / "run"))
-    print(_profile(run_dir))
+                     challenges=challenges, solutions=solutions)
+    score = result.get("score") or {}
+    print(f"self-check score: {score.get('score', 0.0):.3f} ({score.get('correct')}/{score.get('total')} test outputs)"
+          f"; report: {result.get('report', out / 'report.html')}")
+    print(_profile(out))
     return result
 
 
@@ -444,8 +470,8 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
                      "model": str(inputs.model_dir), "submission": str(out)}
     if not s.rerun and s.selfcheck_tasks > 0:
         try:
-            check = self_check(inputs, s, preset)
-            summary["selfcheck"] = {k: check.get(k) for k in ("score", "correct", "total") if k in check}
+            score = self_check(inputs, s, preset).get("score") or {}
+            summary["selfcheck"] = {k: score.get(k) for k in ("score", "correct", "total", "tasks")}
         except Exception as e:  # the submission below matters more than the check; say so loudly
             traceback.print_exc()
             print(f"SELF-CHECK FAILED: {type(e).__name__}: {e}")

@@ -358,3 +358,94 @@ def test_prepare_weights_4bit_on_cpu_loads_back_quantized(tiny_model_dir, tmp_pa
     assert torch.equal(logits[True], logits[False])
     err = (logits[True] - ref).abs().max().item()
     assert 0 < err < 0.25 * ref.abs().max().item()
+
+
+# --- notebook_main's failure paths (the full notebook runs in test_notebook.py) ---------------------
+
+def challenges_tree(root: Path, with_model: bool = True) -> Path:
+    from arcttt.data import bundled_split
+
+    challenges, _ = bundled_split("arc-agi-1-train")
+    keep = sorted(challenges)[:3]
+    path = touch(root / "competitions" / "arc-prize-2025" / kaggle.TEST_CHALLENGES,
+                 json.dumps({t: challenges[t] for t in keep}))
+    if with_model:
+        model_files(root / "datasets" / "o" / "m")
+    return path
+
+
+def quiet_settings(monkeypatch, root: Path, working: Path) -> NotebookSettings:
+    # notebook_main sets these in os.environ; registering them here restores them after the test
+    for key in kaggle.offline_env("x"):
+        monkeypatch.setenv(key, "")
+    return NotebookSettings(input_root=root, working_dir=working, selfcheck_tasks=0, preset="cpu-smoke")
+
+
+def submission_is_valid(challenges: Path, working: Path) -> bool:
+    return kaggle.submission_faults(challenges, working / "submission.json") == []
+
+
+def test_notebook_main_without_a_model_writes_defaults_and_raises(tmp_path, monkeypatch):
+    challenges = challenges_tree(tmp_path / "in", with_model=False)
+    settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
+    with pytest.raises(InputsError, match="no model directory"):
+        kaggle.notebook_main(settings=settings)
+    assert submission_is_valid(challenges, tmp_path / "work")
+
+
+def test_notebook_main_without_challenges_raises_clearly(tmp_path, monkeypatch):
+    settings = quiet_settings(monkeypatch, tmp_path, tmp_path / "work")
+    with pytest.raises(InputsError, match="arc-agi_test_challenges.json"):
+        kaggle.notebook_main(settings=settings)
+    assert not (tmp_path / "work" / "submission.json").exists()
+
+
+def test_notebook_main_replaces_a_broken_submission_when_the_run_fails(tmp_path, monkeypatch):
+    import arcttt.pipeline
+
+    challenges = challenges_tree(tmp_path / "in")
+    settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
+
+    def crashing_run(challenges, model, out, **kwargs):
+        Path(out).write_text('{"half a file": [')
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(arcttt.pipeline, "run", crashing_run)
+    with pytest.raises(RuntimeError, match="worker died"):
+        kaggle.notebook_main(settings=settings)
+    assert submission_is_valid(challenges, tmp_path / "work")
+
+
+def test_notebook_main_keeps_a_valid_partial_submission(tmp_path, monkeypatch):
+    import arcttt.pipeline
+    from arcttt.data import load_challenges
+    from arcttt.submission import SubmissionWriter
+
+    challenges = challenges_tree(tmp_path / "in")
+    settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
+    first = load_challenges(challenges).ids[0]
+
+    def partial_run(challenges, model, out, **kwargs):
+        writer = SubmissionWriter.for_challenges(out, load_challenges(challenges), fallback="zeros")
+        writer.set(first, [([[7]], [[8]])])
+        raise TimeoutError("deadline")
+
+    monkeypatch.setattr(arcttt.pipeline, "run", partial_run)
+    with pytest.raises(TimeoutError):
+        kaggle.notebook_main(settings=settings, start_time=0.0)
+    saved = json.loads((tmp_path / "work" / "submission.json").read_text())
+    assert saved[first] == [{"attempt_1": [[7]], "attempt_2": [[8]]}]
+    assert submission_is_valid(challenges, tmp_path / "work")
+
+
+def test_subset_tasks_takes_the_first_tasks_with_solutions(tmp_path):
+    from arcttt.data import export_split
+
+    ch, sol = export_split("arc-agi-2-eval", tmp_path / "eval", limit=5)
+    sub_ch, sub_sol = kaggle.subset_tasks(ch, sol, 2, tmp_path / "sub")
+    picked = json.loads(sub_ch.read_text())
+    assert list(picked) == sorted(json.loads(ch.read_text()))[:2]
+    assert set(json.loads(sub_sol.read_text())) == set(picked)
+    touch(tmp_path / "other.json", json.dumps({"zzz": []}))
+    with pytest.raises(InputsError, match="no task id in common"):
+        kaggle.subset_tasks(ch, tmp_path / "other.json", 2, tmp_path / "sub2")
