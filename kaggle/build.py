@@ -143,6 +143,24 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _can_build_in_place() -> bool:
+    """Whether this interpreter can build the arcttt wheel without pip's isolated build environment
+    (which fetches setuptools from the index): setuptools >= 70.1 has bdist_wheel built in; 68-70.0
+    needs the wheel package (pyproject.toml asks for setuptools >= 68)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    version = Version(setuptools.__version__)
+    if version >= Version("70.1"):
+        return True
+    try:
+        import wheel  # noqa: F401
+    except ImportError:
+        return False
+    return version >= Version("68")
+
+
 def _dataset_metadata(folder: str, owner: str) -> dict:
     meta = json.loads((HERE / folder / "dataset-metadata.json").read_text())
     meta["id"] = meta["id"].replace("OWNER/", f"{owner}/", 1)
@@ -153,8 +171,8 @@ def build_code(out: Path, owner: str) -> Path:
     dest = out / "code-dataset"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    # no build isolation: setuptools is already here, and isolation would fetch it again
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(REPO)])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *(["--no-build-isolation"] if _can_build_in_place() else []),
+         "--wheel-dir", str(dest), str(REPO)])
     wheels = list(dest.glob("arcttt-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one arcttt wheel in {dest}, found {wheels}")
