@@ -134,6 +134,8 @@ class ModelSession:
     """Parameters of the base model (unquantized count), without the adapter."""
     n_layers: int
     hidden_size: int
+    attn_dim: int
+    """Query heads x head size (not always the hidden size: Qwen3-4B has 32 x 128 on 2560)."""
     n_trainable: int
     snapshot: dict[str, torch.Tensor] = field(repr=False)
     """Initial values of every trainable parameter (adapter and fully trained modules), by name."""
@@ -169,14 +171,16 @@ class ModelSession:
         self.model.eval()
 
     def train_flops_per_token(self, seq_len: int) -> float:
-        """Model FLOPs of one trained token at ``seq_len`` (6N + 12·L·d·n, the PaLM-paper convention;
-        LoRA skips the frozen weights' gradients, so the hardware does about 2/3 of this)."""
-        return 6.0 * self.n_params + 12.0 * self.n_layers * self.hidden_size * seq_len
+        """Model FLOPs of one trained token in a sequence of ``seq_len``: 6N + 12·L·(heads·head size)·n,
+        the PaLM paper's convention (non-causal attention counted in full). LoRA skips the frozen
+        weights' gradients, so the hardware does about 2/3 of the 6N part."""
+        return 6.0 * self.n_params + 12.0 * self.n_layers * self.attn_dim * seq_len
 
     def describe(self) -> dict:
         return {"path": str(self.path), "backend": self.backend, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "n_params": self.n_params,
-                "n_layers": self.n_layers, "hidden_size": self.hidden_size, "n_trainable": self.n_trainable,
+                "n_layers": self.n_layers, "hidden_size": self.hidden_size, "attn_dim": self.attn_dim,
+                "n_trainable": self.n_trainable,
                 "cfg": asdict(self.cfg)}
 
 
@@ -250,9 +254,11 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession
     if not trainable:
         raise ModelLoadError(f"{path}: no LoRA target found among {cfg.lora.target_modules}")
     conf = model.get_base_model().config
+    head_dim = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
     session = ModelSession(
         model=model, token_map=token_map, device=device, dtype=dtype, backend=backend, cfg=cfg, path=path,
         n_params=count_base_params(model), n_layers=int(conf.num_hidden_layers), hidden_size=int(conf.hidden_size),
+        attn_dim=int(conf.num_attention_heads * head_dim),
         n_trainable=sum(p.numel() for p in trainable.values()),
         snapshot={n: p.detach().clone() for n, p in trainable.items()},
     )
