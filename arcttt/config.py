@@ -1,0 +1,252 @@
+"""The run's configuration: one typed dataclass per stage, composed into :class:`RunConfig`, with
+presets as values and overrides by dotted name (``ttt.lr=5e-5``).
+
+Every stage module owns its config (``ttt_data.DataConfig``, ``model.ModelConfig``,
+``ttt.TTTConfig``, ``search.SearchConfig``, ``select.SelectConfig``, ``budget.BudgetConfig``); this
+module only composes them. The resolved config is saved as JSON in every run directory and can be
+given back with ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arcttt.budget import BudgetConfig
+from arcttt.model import LoraConfig, ModelConfig
+from arcttt.search import SearchConfig
+from arcttt.select import SelectConfig
+from arcttt.ttt import TTTConfig
+from arcttt.ttt_data import DataConfig
+
+
+class ConfigError(ValueError):
+    """Bad preset name, config file or override; the message lists every fault."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs besides its inputs."""
+
+    preset: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    workers: int | None = None
+    """Worker processes; None: one per visible GPU, one on CPU."""
+    inject_faults: dict[str, str] = field(default_factory=dict)
+    """For tests only: task id -> "crash", "hang" or "raise", acted out by the worker on that task."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _kaggle_l4x4() -> RunConfig:
+    # 4 x L4 (24 GB, bf16), 12 h, ~240 hidden tasks: ~12 GPU-minutes a task on average.
+    return RunConfig(
+        preset="kaggle-l4x4",
+        data=DataConfig(n_sequences=96, max_len=8192),
+        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="auto", max_seq_len=8192,
+                          gradient_checkpointing=True, lora=LoraConfig(rank=64, alpha=32)),
+        ttt=TTTConfig(steps=96, lr=1e-4, batch_tokens=8192),
+        search=SearchConfig(n_augmentations=8, threshold=0.1),
+        select=SelectConfig(n_views=8),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=1200.0, max_task_s=3600.0),
+    )
+
+
+def _kaggle_t4x2() -> RunConfig:
+    # 2 x T4 (16 GB, no bf16 -> fp16), 12 h: half the GPUs, each slower: less TTT, fewer views.
+    return RunConfig(
+        preset="kaggle-t4x2",
+        data=DataConfig(n_sequences=64, max_len=6144),
+        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="fp16", max_seq_len=6144,
+                          gradient_checkpointing=True, lora=LoraConfig(rank=32, alpha=32)),
+        ttt=TTTConfig(steps=48, lr=1e-4, batch_tokens=6144),
+        search=SearchConfig(n_augmentations=4, threshold=0.1),
+        select=SelectConfig(n_views=4),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=1200.0, max_task_s=3600.0),
+    )
+
+
+def _cpu_smoke() -> RunConfig:
+    # The tiny random model on a CPU: checks the mechanics end to end in a few minutes. Such a model
+    # puts no answer above any useful search threshold, so it decodes greedily: that still takes
+    # every candidate through parsing, the inverse augmentation, scoring and selection.
+    return RunConfig(
+        preset="cpu-smoke",
+        data=DataConfig(n_sequences=8, max_len=4096),
+        model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=4096,
+                          lora=LoraConfig(rank=8, alpha=16)),
+        ttt=TTTConfig(steps=8, lr=1e-3, batch_tokens=4096),
+        search=SearchConfig(n_augmentations=2, greedy=True),
+        select=SelectConfig(n_views=2),
+        budget=BudgetConfig(time_budget_s=300.0, safety_margin_s=15.0, min_task_s=1.0,
+                            max_task_s=120.0, hang_grace_s=30.0),
+        workers=1,
+    )
+
+
+PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a config file")
+    return PRESETS[name]()
+
+
+def load_config(config: str | Path = "cpu-smoke", overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """A preset by name, or a JSON/YAML file (optionally naming a ``preset`` to start from), then
+    ``key=value`` overrides with dotted keys (``ttt.lr=5e-5``, ``budget.order=given``)."""
+    if str(config) in PRESETS:
+        cfg = preset(str(config))
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        text = path.read_text()
+        try:
+            obj = json.loads(text) if path.suffix == ".json" else _yaml(text)
+        except ValueError as e:
+            raise ConfigError(f"config file {path}: cannot parse ({e})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"config file {path}: not a mapping")
+        cfg = preset(obj.pop("preset", "cpu-smoke"))
+        cfg = _merge(cfg, obj, "")
+    pairs = [_split_override(o) for o in overrides]
+    return _merge(cfg, _nest(pairs), "")
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not key=value")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word is a string
+    return key.strip(), value
+
+
+def _nest(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is set both as a value and as a group")
+        node[leaf] = value
+    return out
+
+
+def _merge(obj: Any, updates: dict, prefix: str) -> Any:
+    """A copy of dataclass ``obj`` with ``updates`` applied; every bad key or value in one error."""
+    errors: list[str] = []
+    result = _merge_into(obj, updates, prefix, errors)
+    if errors:
+        raise ConfigError("bad configuration: " + "; ".join(errors))
+    return result
+
+
+def _merge_into(obj: Any, updates: dict, prefix: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            errors.append(f"unknown field {where} (known: {', '.join(sorted(names))})")
+            continue
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                errors.append(f"{where} is a group; set its fields, e.g. {where}.<field>=...")
+                continue
+            changes[key] = _merge_into(current, value, where + ".", errors)
+            continue
+        try:
+            changes[key] = _coerce(value, hints[key], where)
+        except ConfigError as e:
+            errors.append(str(e))
+    try:
+        return dataclasses.replace(obj, **changes)  # re-runs __post_init__ checks
+    except (ValueError, TypeError) as e:
+        errors.append(f"{prefix or 'config'}: {e}")
+        return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {value!r} is not a list")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, where) for v in value] if inner is not Any else list(value)
+        return origin(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is not a mapping")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where}: {value!r} is not true/false")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, (str, int, float)):
+        return str(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: {value!r} is not a {getattr(tp, '__name__', tp)}")
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True))
+
+
+def config_from_json(obj: dict) -> RunConfig:
+    """Rebuild a RunConfig from ``RunConfig.to_json()`` (as the worker processes receive it)."""
+    obj = dict(obj)
+    name = obj.get("preset", "custom")
+    base = preset(name) if name in PRESETS else RunConfig()
+    return _merge(base, obj, "")

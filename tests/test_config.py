@@ -1,0 +1,60 @@
+"""Run configuration: presets, overrides, config files, round trip through JSON."""
+
+import json
+
+import pytest
+
+from arcttt.config import PRESETS, ConfigError, RunConfig, config_from_json, load_config, save_config
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_build_and_round_trip(name, tmp_path):
+    cfg = load_config(name)
+    assert cfg.preset == name
+    assert config_from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == cfg
+
+
+def test_overrides_are_typed():
+    cfg = load_config("cpu-smoke", ["ttt.lr=5e-5", "ttt.steps=3", "budget.order=given",
+                                     "model.lora.rank=4", "workers=2", "inject_faults={'a': 'crash'}"])
+    assert cfg.ttt.lr == 5e-5 and cfg.ttt.steps == 3 and cfg.budget.order == "given"
+    assert cfg.model.lora.rank == 4 and cfg.workers == 2 and cfg.inject_faults == {"a": "crash"}
+    assert isinstance(load_config("cpu-smoke", ["ttt.lr=1"]).ttt.lr, float)
+
+
+def test_every_bad_override_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu-smoke", ["ttt.nope=1", "ttt.steps=many", "budget.order=random", "select=3"])
+    msg = str(e.value)
+    for part in ("ttt.nope", "ttt.steps", "budget.order", "select is a group"):
+        assert part in msg
+
+
+def test_post_init_checks_apply_to_overrides():
+    with pytest.raises(ConfigError, match="ttt_frac"):
+        load_config("cpu-smoke", ["budget.ttt_frac=0.9", "budget.search_frac=0.5"])
+
+
+def test_config_file_starts_from_its_preset(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("preset: kaggle-t4x2\nttt:\n  steps: 7\n")
+    cfg = load_config(path, ["search.threshold=0.2"])
+    assert cfg.preset == "kaggle-t4x2" and cfg.ttt.steps == 7 and cfg.search.threshold == 0.2
+    assert cfg.model.dtype == "fp16"  # T4 has no bf16
+
+
+@pytest.mark.parametrize("config", ["no-such-preset", "missing.json"])
+def test_unknown_preset_or_file(config):
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config(config)
+
+
+def test_not_key_value():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("cpu-smoke", ["ttt.lr"])
+
+
+def test_default_is_a_run_config():
+    assert isinstance(RunConfig(), RunConfig)
