@@ -3,6 +3,8 @@
 #
 #   bash scripts/setup.sh          # the package and its runtime dependencies
 #   bash scripts/setup.sh --dev    # plus the test tools (pytest, hypothesis, ...)
+#   bash scripts/setup.sh --unsloth  # plus unsloth (with --dev too, for tests/test_unsloth.py):
+#                                    # about 1.6 GB more, torch and transformers kept as they are
 #
 # Environment:
 #   PYTHON           interpreter that creates the venv (default: python3, must be 3.10+)
@@ -13,9 +15,11 @@ set -euo pipefail
 
 TORCH_VERSION=2.13.0
 dev=0
+unsloth=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
+        --unsloth) unsloth=1 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
@@ -67,6 +71,34 @@ if [ "$dev" = 1 ]; then
 else
     echo "setup.sh: arcttt"
     "${pip[@]}" install --quiet -e .
+fi
+
+# unsloth, pinned (its releases change behaviour), installed so that it cannot replace the torch
+# above (a plain install pulls the CUDA build, about 6 GB) or move transformers/peft: a constraints
+# file pins what is installed now. torchvision comes along as a dependency but is unused, and on a
+# CPU torch it does not match; remove it unless it was there before.
+UNSLOTH_VERSION=2026.10.9
+if [ "$unsloth" = 1 ]; then
+    if "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('unsloth') != '$UNSLOTH_VERSION')" 2>/dev/null; then
+        echo "setup.sh: unsloth $UNSLOTH_VERSION already installed"
+    else
+        echo "setup.sh: unsloth $UNSLOTH_VERSION"
+        had_torchvision=$("$py" -c "import importlib.util as u; print(int(u.find_spec('torchvision') is not None))")
+        constraints=$(mktemp)
+        "$py" - > "$constraints" <<'PY'
+import importlib.metadata as m
+for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors"):
+    try:
+        print(f"{name}=={m.version(name).split('+')[0]}")
+    except m.PackageNotFoundError:
+        pass
+PY
+        "${pip[@]}" install --quiet -c "$constraints" "unsloth==$UNSLOTH_VERSION" "unsloth_zoo==$UNSLOTH_VERSION"
+        rm -f "$constraints"
+        if [ "$had_torchvision" = 0 ]; then
+            "${pip[@]}" uninstall --quiet -y torchvision 2>/dev/null || true
+        fi
+    fi
 fi
 
 echo "setup.sh: done ($("$py" -c 'import arcttt, torch; print(f"arcttt {arcttt.__version__}, torch {torch.__version__}")'))"
