@@ -101,6 +101,8 @@ def commands() -> dict:
     """Command name -> function (nested dicts are sub-commands)."""
     return {
         "data": {"export": data_export, "stats": data_stats},
+        "run": run,
+        "dry-run": dry_run,
         "validate": validate,
         "score": score,
         "report": report,
@@ -217,6 +219,97 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
         print(f"{r.task_id:<{width}}  {r.correct:>3}/{r.total:<3}  {r.status}")
     print(f"score: {result.score:.4f} ({result.correct}/{result.total} test outputs, {len(result.per_task)} tasks)")
     return 0
+
+
+# --- pipeline -----------------------------------------------------------------------------------
+
+def run(*, challenges: Path, model: Path, out: Path, config: str = "cpu-smoke",
+        time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
+        set: list[str] | None = None, quiet: bool = False) -> int:
+    """Answer every task of a challenges file before the deadline and write submission.json.
+
+    The submission is valid from the first second (default answers) and rewritten atomically as
+    tasks finish; each task's result goes to RUN_DIR/tasks/<id>.json; a run started again on the
+    same run directory skips the tasks already answered. Exit 0 when the run ended; 1 when the model
+    could not be loaded (the submission then holds the defaults); 2 for an unreadable challenges
+    file or a bad configuration.
+
+    Args:
+        challenges: Kaggle challenges file (arc-agi_test_challenges.json).
+        model: Local model directory prepared for arcttt (has config.json, safetensors, arcttt.json).
+        out: Where to write submission.json.
+        config: A preset (kaggle-l4x4, kaggle-t4x2, cpu-smoke) or a JSON/YAML config file.
+        time_budget: Seconds for the whole run from now (overrides budget.time_budget_s).
+        workers: Worker processes (default: one per visible GPU, one on CPU).
+        run_dir: Folder for per-task results, config, log and profile (default: OUT's folder/arcttt-run).
+        set: Override one config field, e.g. --set ttt.lr=5e-5 --set search.n_augmentations=16.
+        quiet: No progress bar.
+    """
+    from arcttt.config import ConfigError
+    from arcttt.model import ModelLoadError
+    from arcttt.pipeline import run as run_pipeline
+
+    try:
+        summary = run_pipeline(challenges, model, out, config=config, time_budget=time_budget,
+                               workers=workers, run_dir=run_dir, overrides=set or [], progress=not quiet)
+    except ConfigError as e:
+        return _error(str(e))
+    except ModelLoadError as e:
+        print(f"error: {e}\n{out} holds the default answers.", file=sys.stderr)
+        return 1
+    print(_summary_line(summary, out))
+    return 0
+
+
+def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model: Path | None = None,
+            time_budget: float | None = None, config: str | None = None, workers: int | None = None,
+            set: list[str] | None = None, quiet: bool = False) -> int:
+    """Run on bundled tasks with known solutions, then score and report.
+
+    Exports the first TASKS tasks of a bundled split, runs the pipeline on them and writes, in OUT:
+    submission.json, score.json, report.html, timeline.png and the run files. With no --model it
+    builds the tiny random model and uses the cpu-smoke preset, so it ends in a few minutes on a
+    CPU (a random model solves nothing: this checks the mechanics, not accuracy).
+
+    Args:
+        out: Output folder.
+        split: arc-agi-1-train, arc-agi-1-eval, arc-agi-2-train or arc-agi-2-eval.
+        tasks: How many tasks of the split (the first by id).
+        model: A prepared model directory (default: build the tiny random model).
+        time_budget: Seconds for the run (default: the preset's).
+        config: A preset or config file (default: cpu-smoke without a GPU, else kaggle-l4x4).
+        workers: Worker processes (default: one per visible GPU, one on CPU).
+        set: Override one config field, e.g. --set ttt.steps=16.
+        quiet: No progress bar.
+    """
+    from arcttt.config import ConfigError
+    from arcttt.data import SPLITS
+    from arcttt.model import ModelLoadError
+    from arcttt.pipeline import dry_run as run_dry
+
+    if split not in SPLITS:
+        return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    try:
+        summary = run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
+                          config=config, workers=workers, overrides=set or [], progress=not quiet)
+    except ConfigError as e:
+        return _error(str(e))
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_summary_line(summary, Path(out) / "submission.json"))
+    if "score" in summary:
+        s = summary["score"]
+        print(f"score: {s['score']:.4f} ({s['correct']}/{s['total']} test outputs); "
+              f"report: {summary['report']}")
+    return 0
+
+
+def _summary_line(summary: dict, out: Path) -> str:
+    return (f"wrote {out}: {summary['tasks']} tasks, {summary['answered']} answered, "
+            f"{summary['resumed']} resumed, {summary['failed']} failed, {summary['rejected']} rejected, "
+            f"{summary['unstarted']} not started; {summary['seconds']:.0f} s, "
+            f"{summary['margin_s']:.0f} s left before the deadline")
 
 
 # --- report, profiling ----------------------------------------------------------------------------
