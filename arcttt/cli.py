@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import sys
 import types
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
+    except BrokenPipeError:  # e.g. `arcttt ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = 0
     sys.exit(rc or 0)
 
 

@@ -62,3 +62,18 @@ def test_costs_and_order_on_real_tasks(arc1_eval):
     assert order_tasks(tasks, "expensive_first") == cheap[::-1] or \
         [expected_cost(t) for t in order_tasks(tasks, "expensive_first")] == sorted(costs, reverse=True)
     assert order_tasks(tasks, "given") == tasks
+
+
+def test_plan_report_fits_or_not(tmp_path):
+    from arcttt.budget import plan_report
+    from arcttt.data import export_split
+
+    challenges, _ = export_split("arc-agi-2-eval", tmp_path, limit=6)
+    text = plan_report(challenges, "kaggle-l4x4")
+    assert "6 tasks" in text and "-> fits" in text and "assumed" in text
+    tight = tmp_path / "tight.json"
+    tight.write_text('{"preset": "kaggle-l4x4", "budget": {"time_budget_s": 120, "safety_margin_s": 60}}')
+    text = plan_report(challenges, str(tight))
+    assert "does NOT fit" in text
+    rows = [line.split() for line in text.splitlines()[5:]]
+    assert len(rows) == 6 and all(int(r[-1]) < 96 for r in rows)  # each task gets less than its plan
