@@ -243,8 +243,9 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession
     try:
         loader = _load_unsloth if backend == "unsloth" else _load_hf
         model = loader(path, cfg, device, dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{path}: cannot load the model with backend {backend}: {e}") from e
+    except Exception as e:  # corrupt weights, a bad config, no memory: one clear error that names the path
+        raise ModelLoadError(f"{path}: cannot load the model with backend {backend}: "
+                             f"{type(e).__name__}: {str(e)[:500]}") from e
     _keep_bnb_cpu_layout(model)
     vocab = model.get_input_embeddings().num_embeddings
     if max(token_map.used_ids) >= vocab:

@@ -55,6 +55,12 @@ def test_load_errors_name_the_path_and_the_fault(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="no \\*.safetensors weights \\(found: pytorch_model.bin\\)"):
         load_model(bin_only)
 
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="corrupt: cannot load the model with backend hf: SafetensorError"):
+        load_model(corrupt, ModelConfig(backend="hf"))
+
     odd = tmp_path / "odd_format"
     shutil.copytree(tiny_model_dir, odd)
     meta = json.loads((odd / formats.META_FILE).read_text())
