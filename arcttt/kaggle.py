@@ -153,9 +153,10 @@ def _pick_model(scan: _Scan, root: Path, fragment: str | None) -> Path:
         hint = ""
         if scan.hf_dirs:
             hint = (" Found Hugging Face model folders without arcttt.json (not prepared): "
-                    + ", ".join(map(str, scan.hf_dirs)) + "; run `arcttt prepare-weights` on one and attach the result.")
-        raise InputsError(f"no model directory (a folder with {' and '.join(MODEL_FILES)}) under {root}: "
-                          f"attach a model prepared with `arcttt prepare-weights` as a Kaggle model or dataset.{hint}")
+                    + ", ".join(map(str, scan.hf_dirs))
+                    + "; run `arcttt prepare-weights` on one and attach the result.")
+        raise InputsError(f"no model directory (a folder with {' and '.join(MODEL_FILES)}) under {root}: attach "
+                          f"a model prepared with `arcttt prepare-weights` as a Kaggle model or dataset.{hint}")
     if fragment:
         picked = [p for p in candidates if fragment in str(p.relative_to(root))]
         if len(picked) == 1:
@@ -218,7 +219,8 @@ def machine_report(gpus: Sequence[Gpu]) -> str:
     try:
         import torch
 
-        lines.append(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuda available: {torch.cuda.is_available()}")
+        lines.append(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+                     f"cuda available: {torch.cuda.is_available()}")
     except ImportError:
         lines.append("torch: not installed")
     lines += [f"GPU {g.index}: {g.name}, compute {g.capability[0]}.{g.capability[1]}, {g.memory_gib:.1f} GiB, "
@@ -252,7 +254,8 @@ def offline_env(cache_dir: str | Path) -> dict[str, str]:
     }
 
 
-def set_offline_env(environ: MutableMapping[str, str] | None = None, cache_dir: str | Path | None = None) -> dict[str, str]:
+def set_offline_env(environ: MutableMapping[str, str] | None = None,
+                    cache_dir: str | Path | None = None) -> dict[str, str]:
     """Set :func:`offline_env` in ``environ`` (``os.environ``), overriding what is there; returns it.
     Must run before transformers or unsloth is imported: they read some of these at import."""
     environ = os.environ if environ is None else environ
@@ -276,7 +279,7 @@ class NotebookSettings:
     time_budget_s: float | None = None
     """Seconds for answering the test file; None: the rest of the 12 h on the rerun, else ``interactive_budget_s``."""
     interactive_budget_s: float = 3600.0
-    """Budget for the test file when not on the rerun (the placeholder holds training tasks; the score is not shown)."""
+    """Budget for the test file when not on the rerun (the placeholder holds training tasks; no score shown)."""
     selfcheck_tasks: int = 8
     """Evaluation tasks in the self-check; 0 skips it. Never run on the rerun."""
     selfcheck_budget_s: float = 900.0
@@ -420,8 +423,9 @@ def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) ->
                      time_budget=settings.selfcheck_budget_s, config=preset,
                      challenges=challenges, solutions=solutions)
     score = result.get("score") or {}
-    print(f"self-check score: {score.get('score', 0.0):.3f} ({score.get('correct')}/{score.get('total')} test outputs)"
-          f"; report: {result.get('report', out / 'report.html')}")
+    print(f"self-check score: {score.get('score', 0.0):.3f} "
+          f"({score.get('correct')}/{score.get('total')} test outputs); "
+          f"report: {result.get('report', out / 'report.html')}")
     print(_profile(out))
     return result
 

@@ -103,7 +103,8 @@ def inconsistencies(pins: dict[str, str], requires: dict[str, list[str]], python
         for text in reqs:
             req = Requirement(text)
             dep = canonicalize_name(req.name)
-            if dep in pins and _applies(req, python) and not req.specifier.contains(Version(pins[dep]), prereleases=True):
+            met = dep not in pins or req.specifier.contains(Version(pins[dep]), prereleases=True)
+            if not met and _applies(req, python):
                 faults.append(f"{name} {pins[name]} needs {req.name}{req.specifier}, pinned {req.name}=={pins[dep]}")
     return faults
 
@@ -154,11 +155,9 @@ def _can_build_in_place() -> bool:
     version = Version(setuptools.__version__)
     if version >= Version("70.1"):
         return True
-    try:
-        import wheel  # noqa: F401
-    except ImportError:
-        return False
-    return version >= Version("68")
+    import importlib.util
+
+    return version >= Version("68") and importlib.util.find_spec("wheel") is not None
 
 
 def _dataset_metadata(folder: str, owner: str) -> dict:
@@ -171,8 +170,8 @@ def build_code(out: Path, owner: str) -> Path:
     dest = out / "code-dataset"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *(["--no-build-isolation"] if _can_build_in_place() else []),
-         "--wheel-dir", str(dest), str(REPO)])
+    in_place = ["--no-build-isolation"] if _can_build_in_place() else []
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *in_place, "--wheel-dir", str(dest), str(REPO)])
     wheels = list(dest.glob("arcttt-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one arcttt wheel in {dest}, found {wheels}")
@@ -195,11 +194,13 @@ def build_wheelhouse(out: Path, owner: str, pythons: list[str]) -> Path:
     for python in pythons:
         requires = {}
         for wheel in sorted(dest.glob("*.whl")):
-            name, version = canonicalize_name(parse_wheel_filename(wheel.name)[0]), str(parse_wheel_filename(wheel.name)[1])
+            parsed = parse_wheel_filename(wheel.name)
+            name, version = canonicalize_name(parsed[0]), str(parsed[1])
             if name in pins and pins[name] == version and _fits(wheel, python):
                 requires[name] = wheel_requires(wheel)
         missing = sorted(set(pins) - set(requires))
-        faults = inconsistencies(pins, requires, python) + [f"no wheel of {m}=={pins[m]} for Python {python}" for m in missing]
+        faults = inconsistencies(pins, requires, python)
+        faults += [f"no wheel of {m}=={pins[m]} for Python {python}" for m in missing]
         for fault in faults:
             print(f"PIN FAULT (Python {python}): {fault}")
         failed |= bool(faults)
@@ -239,12 +240,16 @@ def build_kernel(out: Path, owner: str, competition: str | None, model_source: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--owner", required=True, help="your Kaggle user name (fills OWNER/ in the metadata)")
     p.add_argument("--out", type=Path, default=REPO / "dist" / "kaggle", help="output folder (default dist/kaggle)")
-    p.add_argument("--python", nargs="+", default=list(PYTHONS), help="Python versions of the wheelhouse (default 3.11 3.12)")
-    p.add_argument("--only", choices=("code", "wheelhouse", "kernel"), help="build one part (code also writes kernel)")
-    p.add_argument("--competition", help="competition slug for competition_sources (default from kaggle/kernel-metadata.json)")
+    p.add_argument("--python", nargs="+", default=list(PYTHONS),
+                   help="Python versions of the wheelhouse (default 3.11 3.12)")
+    p.add_argument("--only", choices=("code", "wheelhouse", "kernel"),
+                   help="build one part (code also writes kernel)")
+    p.add_argument("--competition",
+                   help="competition slug for competition_sources (default from kaggle/kernel-metadata.json)")
     p.add_argument("--model-source", help="OWNER/MODEL/FRAMEWORK/VARIATION/VERSION of the attached model")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

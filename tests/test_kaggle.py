@@ -243,7 +243,8 @@ def test_every_pin_satisfies_pyproject():
     for req in reqs:
         name = canonicalize_name(req.name)
         if name in pins:
-            assert req.specifier.contains(Version(pins[name]), prereleases=True), f"{name}=={pins[name]} violates {req}"
+            ok = req.specifier.contains(Version(pins[name]), prereleases=True)
+            assert ok, f"{name}=={pins[name]} violates {req}"
         else:
             assert name in build.FROM_IMAGE, f"{req.name} is neither pinned nor provided by the Kaggle image"
 
@@ -314,7 +315,8 @@ def test_prepare_weights_4bit_needs_a_gpu_or_the_cpu_flag(tiny_model_dir, tmp_pa
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the no-GPU error cannot happen here")
     with pytest.raises(SystemExit) as e:
-        main(["prepare-weights", str(tiny_model_dir), str(tmp_path / "q"), "--format", "compact", "--quantize", "4bit"])
+        main(["prepare-weights", str(tiny_model_dir), str(tmp_path / "q"), "--format", "compact",
+              "--quantize", "4bit"])
     assert e.value.code != 0
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "--allow-cpu-quantize" in err
@@ -338,7 +340,8 @@ def test_prepare_weights_4bit_on_cpu_loads_back_quantized(tiny_model_dir, tmp_pa
               "--allow-cpu-quantize"])
     assert e.value.code == 0
     config = json.loads((dst / "config.json").read_text())["quantization_config"]
-    assert config["quant_method"] == "bitsandbytes" and config["load_in_4bit"] and config["bnb_4bit_quant_type"] == "nf4"
+    assert config["quant_method"] == "bitsandbytes" and config["load_in_4bit"]
+    assert config["bnb_4bit_quant_type"] == "nf4"
     _, meta = read_model_meta(dst)
     assert meta["quantization"]["bits"] == 4 and meta["quantization"]["quantized_on"] == "cpu"
     assert not list(tmp_path.glob(".q4.*"))  # the intermediate copy is gone
