@@ -170,6 +170,9 @@ def build_code(out: Path, owner: str) -> Path:
     dest = out / "code-dataset"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
+    # setuptools stages the package in build/lib and never deletes from it: a module removed from
+    # the source would still ship in the wheel
+    shutil.rmtree(REPO / "build" / "lib" / "arcttt", ignore_errors=True)
     in_place = ["--no-build-isolation"] if _can_build_in_place() else []
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", *in_place, "--wheel-dir", str(dest), str(REPO)])
     wheels = list(dest.glob("arcttt-*.whl"))
