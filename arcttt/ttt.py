@@ -200,8 +200,10 @@ def _fit(session: ModelSession, batches: list[Batch], cfg: TTTConfig, deadline: 
     model, device = session.model, session.device
     params = list(session.trainable_parameters().values())
     opt = make_optimizer(params, cfg, device)
-    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and session.dtype == torch.float16)
+    # fp16 activations' gradients underflow without loss scaling (bf16 and fp32 need none); the scaler
+    # needs fp32 master weights, which peft gives the adapter by default
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and session.dtype == torch.float16
+                                  and all(p.dtype == torch.float32 for p in params))
     rng = np.random.default_rng(cfg.seed + 1)
     order = np.arange(len(batches))
     step_time = 0.0
