@@ -37,7 +37,7 @@ import inspect
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -268,10 +268,15 @@ def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, m
 
 # --- drivers: one view, or many in lock-step -----------------------------------------------------
 
-def _crop_to(cache, length: int) -> None:
+def _crop_to(cache, length: int):
+    """The cache cut back to ``length`` positions: a ``Cache`` in place, or a legacy tuple of
+    (key, value) per layer (which some patched backends return) as a new tuple."""
+    if isinstance(cache, (tuple, list)):
+        return tuple((k[..., :length, :], v[..., :length, :]) for k, v in cache)
     excess = cache.get_seq_length() - length
     if excess > 0:
         cache.crop(-excess)  # negative: remove that many positions (transformers 4.4x and 5.x alike)
+    return cache
 
 
 def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[torch.Tensor],
@@ -289,7 +294,7 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[
             stats.timed_out = True
             break
         depth, sym = req
-        _crop_to(cache, plen + depth)
+        cache = _crop_to(cache, plen + depth)
         out = model(input_ids=feed[sym], past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
@@ -518,7 +523,10 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
 def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
                    deadline: float | None = None, stats: SearchStats | None = None) -> list[Candidate]:
     """:func:`search_test_input` on a loaded ``model.ModelSession`` (switched to inference mode:
-    unsloth needs its own switch, not just ``model.eval()``)."""
+    unsloth needs its own switch, not just ``model.eval()``). Views run in lock-step only on the
+    ``hf`` backend: it is the one whose handling of masks with holes and explicit positions is tested."""
     session.eval_mode()
+    if cfg.batch_views and getattr(session, "backend", "hf") != "hf":
+        cfg = replace(cfg, batch_views=False)
     return search_test_input(session.model, task, test_index, session.token_map, views, cfg,
                              deadline=deadline, device=session.device, stats=stats)

@@ -128,10 +128,7 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
                 inp = np.zeros((len(batch), longest - 1), dtype=np.int64)
                 for r, a in enumerate(batch):
                     inp[r, :len(a) - 1] = a[:-1]
-                last = s + batch_size >= len(answers)
-                cache = prompt_cache if last else copy.deepcopy(prompt_cache)
-                if len(batch) > 1:
-                    cache.batch_repeat_interleave(len(batch))
+                cache = _expanded(prompt_cache, len(batch), keep=s + batch_size < len(answers))
                 logits = model(input_ids=torch.from_numpy(inp).to(device), past_key_values=cache,
                                use_cache=True).logits
                 for r, a in enumerate(batch):  # row by row: one row's float32 log-softmax at a time
@@ -142,6 +139,17 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
                         scores[r] += float(lp.gather(-1, tgt[:, None]).sum())
             out_lp[s:s + len(batch)] = scores
     return out_lp
+
+
+def _expanded(cache, n: int, keep: bool):
+    """The prompt's cache repeated ``n`` times along the batch; ``keep``: leave ``cache`` itself
+    intact for later batches (a ``Cache`` is expanded in place, so a copy is expanded then)."""
+    if isinstance(cache, (tuple, list)):  # legacy (key, value) per layer: repeat makes new tensors
+        return tuple((k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in cache)
+    cache = copy.deepcopy(cache) if keep else cache
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    return cache
 
 
 def score_candidates(model: torch.nn.Module, task: Task, test_index: int, candidates: Sequence[Candidate],

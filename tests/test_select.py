@@ -92,6 +92,14 @@ def test_poe_score_is_the_sum_over_views_plus_hits_bonus(small_task, hits_weight
         assert [s.candidate.hits for s in scored][:2] == [3, 2]
 
 
+def test_legacy_tuple_caches_score_the_same(small_task):
+    fn, views, cands = random_fn(2), views_of(small_task, AUGS[:2]), candidates_with_hits([1, 3, 2, 1])
+    cfg = SelectConfig(n_views=2, batch_size=3)
+    new = score_candidates(TableLM(fn), small_task, 0, cands, views, TM, cfg)
+    old = score_candidates(TableLM(fn, legacy_cache=True), small_task, 0, cands, views, TM, cfg)
+    assert [s.score for s in old] == pytest.approx([s.score for s in new], abs=1e-5)
+
+
 def test_weights_change_the_order(small_task):
     # not vacuous: pure likelihood and hits-dominated orders differ on these candidates
     fn, views, cands = random_fn(2), views_of(small_task, AUGS), candidates_with_hits([1, 3, 2, 1])
