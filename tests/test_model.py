@@ -96,8 +96,39 @@ def test_cli_make_tiny_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["make-tiny-model", str(tmp_path / "m"), "--hidden", "32", "--layers", "1"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "m")
-    session = load_model(tmp_path / "m", ModelConfig(backend="hf"))
-    assert (session.n_layers, session.hidden_size) == (1, 32)
+    session = load_model(tmp_path / "m")  # backend auto: hf without a CUDA GPU, unsloth installed or not
+    assert (session.backend, session.n_layers, session.hidden_size) == ("hf", 1, 32)
+
+
+def test_imports_are_lazy_and_loading_is_offline(tiny_model_dir):
+    """``import arcttt.model/ttt`` pulls in none of transformers, peft, unsloth, bitsandbytes; load_model
+    sets the offline switches before transformers is first imported, and never imports unsloth for hf."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+import arcttt, arcttt.model, arcttt.ttt
+heavy = [m for m in ("transformers", "peft", "unsloth", "bitsandbytes") if m in sys.modules]
+assert not heavy, heavy
+import builtins
+seen = {{}}
+real_import = builtins.__import__
+def spy(name, *args, **kwargs):
+    if name.startswith("transformers") and "env" not in seen:
+        seen["env"] = [os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS")]
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+arcttt.model.load_model({str(tiny_model_dir)!r}, arcttt.model.ModelConfig(backend="hf"))
+assert seen["env"] == ["1", "1", "1"], seen
+assert "unsloth" not in sys.modules
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 def test_hf_fp32_session(tiny_session, tiny_model_dir):
