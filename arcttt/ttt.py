@@ -142,7 +142,8 @@ def _collate(group: list[Encoded], pad: int) -> Batch:
 
 def batch_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over the target tokens of a batch (summed, then divided by their number)."""
-    ids, mask, targets = (t.to(device, non_blocking=True) for t in (batch.input_ids, batch.attention_mask, batch.targets))
+    ids, mask, targets = (t.to(device, non_blocking=True)
+                          for t in (batch.input_ids, batch.attention_mask, batch.targets))
     # logits are only needed from the position before the first target on (saves the big
     # [b, n, vocab] tensor over the prompt when the vocabulary is large)
     first = int(targets.any(0).nonzero()[0]) - 1

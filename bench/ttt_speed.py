@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     memory, memory_kind = peak_memory_gb(session.device)
     flops_per_token = session.train_flops_per_token(args.seq_len)
     out = {
-        "device": torch.cuda.get_device_name() if session.device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "device": (torch.cuda.get_device_name() if session.device.type == "cuda"
+                   else f"cpu x{torch.get_num_threads()} threads"),
         "backend": session.backend, "dtype": str(session.dtype).removeprefix("torch."), "4bit": args.load_in_4bit,
         "n_params": session.n_params, "n_layers": session.n_layers, "hidden": session.hidden_size,
         "lora_rank": args.rank, "trainable": session.n_trainable, "seq_len": args.seq_len,
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "s_per_token": result.seconds / max(result.tokens, 1),
         "peak_memory_gb": round(memory, 3), "memory_kind": memory_kind,
         "model_tflops_per_s": round(result.tokens_per_s * flops_per_token / 1e12, 4),
-        "mfu": round(result.tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), 4) if args.peak_tflops else None,
+        "mfu": (round(result.tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), 4)
+                if args.peak_tflops else None),
         "build_s": round(build_s, 1), "load_s": round(load_s, 1),
     }
     if args.json:

@@ -117,7 +117,8 @@ seen = {{}}
 real_import = builtins.__import__
 def spy(name, *args, **kwargs):
     if name.startswith("transformers") and "env" not in seen:
-        seen["env"] = [os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS")]
+        seen["env"] = [os.environ.get(k)
+                       for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS")]
     return real_import(name, *args, **kwargs)
 builtins.__import__ = spy
 arcttt.model.load_model({str(tiny_model_dir)!r}, arcttt.model.ModelConfig(backend="hf"))
