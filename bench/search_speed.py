@@ -7,8 +7,9 @@ run), for the first test input of a few real tasks under the same augmented view
   many tokens as our greedy answer of that view (``min_new_tokens = max_new_tokens``), so that the
   per-token costs compare;
 - ``greedy``: our search with one child per node, views one by one (``seq``) or in lock-step
-  (``batch``). A random model's greedy answer is a 30 x 30 grid (931 tokens: it never favours the
-  end token, and the grammar stops it there), the longest answer there is;
+  (``batch``). A random model's greedy answer has whatever length its weights give: the tiny one's
+  is a 30 x 30 grid (931 tokens, the grammar stops it there: the longest answer there is), the
+  small one's about 32 tokens (so prefill dominates its time per task);
 - ``dfs``: the threshold search at a very low threshold, stopped by a time limit: a random model's
   answers are all improbable, so this measures the cost of a node (one token fed, with the
   backtracking: cache crops one by one, mask updates and column drops in lock-step), not how many
