@@ -26,7 +26,6 @@ The model is called like any Hugging Face causal LM::
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import tempfile
@@ -372,17 +371,10 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    _portable_config(out / "config.json")
+    from arcttt.weights import portable_config
+
+    portable_config(out / "config.json")  # loads the same in transformers 4.4x
     formats.write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
     return out
 
 
-def _portable_config(path: Path) -> None:
-    """transformers 5 writes ``dtype`` and ``rope_parameters``; 4.4x reads ``torch_dtype`` and
-    ``rope_theta``. Write both spellings so the directory loads the same in either."""
-    config = json.loads(path.read_text())
-    config.setdefault("torch_dtype", config.get("dtype", "float32"))
-    theta = (config.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None:
-        config.setdefault("rope_theta", theta)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -94,7 +94,7 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> d
             scoring_views = test_prompts(task, i, tm, scoring_augs, cfg.data.max_len)
             scored = score_session(session, task, i, candidates, scoring_views, cfg.select,
                                    deadline=time.time() + max(0.0, d.end - time.time()) / left)
-            attempts = choose_attempts(scored, defaults[i][0])
+            attempts = choose_attempts(scored, *defaults[i])  # the cheap guesses fill in
         result["tests"].append({
             "attempts": [grid_to_list(a) for a in attempts],
             "candidates": [c.to_json() for c in scored[:cfg.select.keep_candidates]],

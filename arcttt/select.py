@@ -207,11 +207,20 @@ def hierarchical_votes(candidates: Sequence[Candidate], top_k: int) -> list[int]
     return votes
 
 
-def choose_attempts(scored: Sequence[ScoredCandidate], default: np.ndarray | list) -> tuple[np.ndarray, np.ndarray]:
-    """The two best grids; with one candidate the second attempt is ``default``, with none both are."""
+def choose_attempts(scored: Sequence[ScoredCandidate], default: np.ndarray | list,
+                    second_default: np.ndarray | list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two best grids. Missing attempts are filled with ``default``, then ``second_default``,
+    skipping a default equal to a grid already chosen (a repeated attempt wastes the second try);
+    with no candidate and no distinct second default, both attempts are ``default``."""
     ranked = sorted(scored, key=lambda s: s.rank, reverse=True)
-    fallback = np.asarray(default, dtype=np.uint8)
-    grids = [s.grid for s in ranked[:2]] + [fallback, fallback]
+    grids = [np.asarray(s.grid, dtype=np.uint8) for s in ranked[:2]]
+    for fallback in (default, second_default):
+        if fallback is None or len(grids) == 2:
+            continue
+        fallback = np.asarray(fallback, dtype=np.uint8)
+        if not any(g.shape == fallback.shape and (g == fallback).all() for g in grids):
+            grids.append(fallback)
+    grids += [np.asarray(default, dtype=np.uint8)] * (2 - len(grids))
     return grids[0], grids[1]
 
 

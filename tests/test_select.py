@@ -213,3 +213,12 @@ def test_search_score_choose_on_the_tiny_model(small_task, tiny_session):
     for grid in attempts:
         parse_grid(grid.tolist())  # a valid ARC grid
     assert attempts[0].tolist() == scored[0].grid.tolist()
+
+
+def test_choose_attempts_fills_in_with_distinct_defaults():
+    d1, d2 = [[1]], [[2]]
+    assert [a.tolist() for a in choose_attempts([], d1, d2)] == [d1, d2]
+    same_as_d1 = ScoredCandidate(Candidate(np.array([[1]], dtype=np.uint8), [("id", -1.0)]), -1.0, rank=(-1.0,))
+    assert [a.tolist() for a in choose_attempts([same_as_d1], d1, d2)] == [d1, d2]
+    other = ScoredCandidate(Candidate(np.array([[5]], dtype=np.uint8), [("id", -1.0)]), -1.0, rank=(-1.0,))
+    assert [a.tolist() for a in choose_attempts([other], d1, d2)] == [[[5]], d1]
