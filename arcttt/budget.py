@@ -4,7 +4,7 @@ expected cost, and a cap per phase inside that share.
 The global deadline is ``start + time_budget - safety_margin``. When a worker asks for its next task,
 the task's share is computed from what is left at that moment::
 
-    share = (deadline - now) * workers * cost(task) / sum(cost(t) for t still to start or running)
+    share = (deadline - now) * workers * cost(task) / sum(cost(t) for t running or still to start)
 
 clipped to [min_task_s, max_task_s] and to the deadline itself. Inside the share, TTT, search and
 selection each end at their own deadline (fractions of the share); time one phase leaves unused
@@ -14,7 +14,7 @@ flows to the next. A task is started only if at least ``min_task_s`` remains bef
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from arcttt.data import Task
@@ -64,6 +64,12 @@ class BudgetConfig:
             errors.append(f"order must be cheap_first, given or expensive_first, got {self.order!r}")
         if errors:
             raise ValueError("; ".join(errors))
+
+    def for_budget(self, seconds: float, margin_frac: float = 0.05) -> BudgetConfig:
+        """This config for a run given ``seconds`` by a caller that has kept its own margin back: of
+        this config's margin, keep at most ``margin_frac`` of the budget (enough to shut down)."""
+        return replace(self, time_budget_s=float(seconds),
+                       safety_margin_s=min(self.safety_margin_s, margin_frac * seconds))
 
 
 def task_tokens(task: Task) -> tuple[int, int]:

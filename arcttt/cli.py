@@ -227,7 +227,7 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
 
 # --- pipeline -----------------------------------------------------------------------------------
 
-def run(*, challenges: Path, model: Path, out: Path, config: str = "cpu-smoke",
+def run(*, challenges: Path, model: Path, out: Path, config: str = "auto",
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
         set: list[str] | None = None, quiet: bool = False) -> int:
     """Answer every task of a challenges file before the deadline and write submission.json.
@@ -242,7 +242,8 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "cpu-smoke",
         challenges: Kaggle challenges file (arc-agi_test_challenges.json).
         model: Local model directory prepared for arcttt (has config.json, safetensors, arcttt.json).
         out: Where to write submission.json.
-        config: A preset (kaggle-l4x4, kaggle-t4x2, cpu-smoke) or a JSON/YAML config file.
+        config: A preset (kaggle-l4x4, kaggle-t4x2, cpu-smoke; auto: the one for this machine's GPUs) or a
+            JSON/YAML config file.
         time_budget: Seconds for the whole run from now (overrides budget.time_budget_s).
         workers: Worker processes (default: one per visible GPU, one on CPU).
         run_dir: Folder for per-task results, config, log and profile (default: OUT's folder/arcttt-run).
@@ -281,7 +282,8 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         tasks: How many tasks of the split (the first by id).
         model: A prepared model directory (default: build the tiny random model).
         time_budget: Seconds for the run (default: the preset's).
-        config: A preset or config file (default: cpu-smoke without a GPU, else kaggle-l4x4).
+        config: A preset or config file (default: cpu-smoke for the tiny model, else auto: the preset for
+            this machine's GPUs).
         workers: Worker processes (default: one per visible GPU, one on CPU).
         set: Override one config field, e.g. --set ttt.steps=16.
         quiet: No progress bar.
@@ -372,16 +374,21 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
         plan: Estimate a run of CHALLENGES under CONFIG instead of reading a run directory.
         challenges: With --plan: the challenges file to plan for.
         config: With --plan: the preset or config file to plan for.
-        calibration: With --plan: measured per-token costs (JSON) to plan with.
+        calibration: With --plan: a finished run directory whose measured per-token costs to plan with
+            (default: assumed costs of a 4B 4-bit model on one L4).
     """
     if plan:
         if challenges is None:
             return _error("--plan needs --challenges FILE")
+        from arcttt.budget import plan_report
+        from arcttt.config import ConfigError
+
         try:
-            from arcttt.budget import plan_report
-        except ImportError:
-            return _error("profile --plan is not available yet (arcttt.budget.plan_report is missing)")
-        print(plan_report(challenges, config, calibration))
+            print(plan_report(challenges, config, calibration))
+        except ConfigError as e:
+            return _error(str(e))
+        except (OSError, KeyError, ValueError) as e:  # a calibration directory that is not a finished run
+            return _error(f"calibration run {calibration}: {type(e).__name__}: {e}")
         return 0
     if run_dir is None:
         return _error("give a RUN_DIR to profile, or --plan --challenges FILE")

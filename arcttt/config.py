@@ -46,6 +46,16 @@ class RunConfig:
     inject_faults: dict[str, str] = field(default_factory=dict)
     """For tests only: task id -> "crash", "hang" or "raise", acted out by the worker on that task."""
 
+    def __post_init__(self):
+        errors = []
+        if self.workers is not None and self.workers < 1:
+            errors.append(f"workers must be >= 1 (or None: one per GPU), got {self.workers}")
+        bad = {k: v for k, v in self.inject_faults.items() if v not in ("crash", "hang", "raise")}
+        if bad:
+            errors.append(f"inject_faults values must be crash, hang or raise, got {bad}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -60,7 +70,7 @@ def _kaggle_l4x4() -> RunConfig:
         ttt=TTTConfig(steps=96, lr=1e-4, batch_tokens=8192),
         search=SearchConfig(n_augmentations=8, threshold=0.1),
         select=SelectConfig(n_views=8),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=1200.0, max_task_s=3600.0),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
     )
 
 
@@ -74,7 +84,7 @@ def _kaggle_t4x2() -> RunConfig:
         ttt=TTTConfig(steps=48, lr=1e-4, batch_tokens=6144),
         search=SearchConfig(n_augmentations=4, threshold=0.1),
         select=SelectConfig(n_views=4),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=1200.0, max_task_s=3600.0),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
     )
 
 
@@ -105,15 +115,20 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
-def load_config(config: str | Path = "cpu-smoke", overrides: typing.Iterable[str] = ()) -> RunConfig:
-    """A preset by name, or a JSON/YAML file (optionally naming a ``preset`` to start from), then
-    ``key=value`` overrides with dotted keys (``ttt.lr=5e-5``, ``budget.order=given``)."""
+def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """A preset by name (``auto``: the one for this machine's GPUs, see ``kaggle.choose_preset``), or
+    a JSON/YAML file (optionally naming a ``preset`` to start from), then ``key=value`` overrides
+    with dotted keys (``ttt.lr=5e-5``, ``budget.order=given``)."""
+    if str(config) == "auto":
+        from arcttt.kaggle import choose_preset
+
+        config = choose_preset()
     if str(config) in PRESETS:
         cfg = preset(str(config))
     else:
         path = Path(config)
         if not path.is_file():
-            raise ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+            raise ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}, auto) nor a file")
         text = path.read_text()
         try:
             obj = json.loads(text) if path.suffix == ".json" else _yaml(text)

@@ -441,7 +441,9 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
         settings: Defaults to :meth:`NotebookSettings.from_env`.
 
     Always leaves a valid ``<working_dir>/submission.json`` when the test challenges file can be
-    found; an error is re-raised after the default submission is written.
+    found. An error is re-raised after the default submission is written, except a failure of the
+    run itself on the competition rerun: that is printed, and the valid file it left is kept (a
+    notebook that ends in an exception may not be scored).
     """
     start = time.time() if start_time is None else start_time
     s = settings or NotebookSettings.from_env()
@@ -489,6 +491,14 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
     try:
         summary["run"] = run(inputs.challenges, inputs.model_dir, out, config=preset, time_budget=budget,
                              run_dir=run_dir)
+    except Exception as e:
+        ensure_valid_submission(inputs.challenges, out)
+        if not s.rerun:
+            raise
+        # on the rerun a notebook that raises may go unscored: keep the valid file it has written
+        traceback.print_exc()
+        print(f"RUN FAILED on the rerun: {type(e).__name__}: {e}; keeping the valid {out}")
+        summary["run_error"] = f"{type(e).__name__}: {e}"
     except BaseException:
         ensure_valid_submission(inputs.challenges, out)
         raise

@@ -28,13 +28,15 @@ from pathlib import Path
 
 from arcttt.budget import Budget, TaskDeadlines, expected_cost, order_tasks
 from arcttt.data import Challenges, Task, grid_to_list, load_challenges, log_rejected
-from arcttt.submission import SubmissionError, SubmissionWriter, atomic_write_json
+from arcttt.submission import SubmissionWriter, atomic_write_json
 
 log = logging.getLogger("arcttt.pipeline")
 
-LOAD_LOCK_TIMEOUT_S = 600.0  # a model load that holds the lock longer is presumed dead
+# errors after which a CUDA context stays broken: the worker exits and a fresh process replaces it
+FATAL_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error")
+LOAD_LOCK_TIMEOUT_S = 600.0
+MARGIN_FRAC = 0.05  # at most this share of a given --time-budget is kept back as the run's margin  # a model load that holds the lock longer is presumed dead
 STOP_RESERVE_S = 2.0  # the dispatch loop ends this long before the deadline, to shut workers down
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
 
 
 # --- one task ------------------------------------------------------------------------------------
@@ -57,18 +59,17 @@ class _Phases:
 
 def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> dict:
     """Run one task end to end on a loaded model; returns its result record (see DESIGN.md)."""
-    from arcttt.search import SearchStats, search_session, view_augmentations
-    from arcttt.select import choose_attempts, score_session
+    import torch
+
     from arcttt.submission import fallback_attempts
     from arcttt.ttt import train_task
-    from arcttt.ttt_data import test_prompts, training_sequences
+    from arcttt.ttt_data import training_sequences
 
     phase = _Phases()
     result = {"task_id": task.id, "status": "ok", "error": None, "worker": worker, "start": time.time(),
               "deadlines": d.to_json(), "phases": phase.rows, "ttt": None, "tests": []}
-    tm = session.token_map
     with phase("data"):
-        data = training_sequences(task, tm, cfg.data)
+        data = training_sequences(task, session.token_map, cfg.data)
     session.reset()  # the LoRA of the previous task, back to its initial state
     result["ttt"] = {"steps": 0, "tokens": 0, "tokens_per_s": 0.0, "losses": [], "skipped": data.skipped,
                      "sequences": len(data.sequences)}
@@ -79,30 +80,49 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> d
                              skipped=trained.skipped or data.skipped)
 
     defaults = fallback_attempts(task)
+    # after TTT, each test input gets an equal part of what is left, split between search and
+    # selection in the budget's proportions (so one input's selection cannot eat the next one's search)
+    search_part = cfg.budget.search_frac / (1.0 - cfg.budget.ttt_frac)
     for i in range(task.n_test):
-        left = task.n_test - i  # each test input still to do gets an equal part of what is left
-        augs = view_augmentations(task, i, cfg.search.n_augmentations, keep_background=cfg.search.keep_background,
-                                  seed=cfg.search.seed)
-        stats = SearchStats()
-        with phase("search"):
-            views = test_prompts(task, i, tm, augs, cfg.data.max_len)
-            candidates = search_session(session, task, i, views, cfg.search,
-                                        deadline=time.time() + max(0.0, d.search - time.time()) / left, stats=stats)
-        with phase("select"):
-            scoring_augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
-                                              seed=cfg.select.seed)
-            scoring_views = test_prompts(task, i, tm, scoring_augs, cfg.data.max_len)
-            scored = score_session(session, task, i, candidates, scoring_views, cfg.select,
-                                   deadline=time.time() + max(0.0, d.end - time.time()) / left)
-            attempts = choose_attempts(scored, *defaults[i])  # the cheap guesses fill in
-        result["tests"].append({
-            "attempts": [grid_to_list(a) for a in attempts],
-            "candidates": [c.to_json() for c in scored[:cfg.select.keep_candidates]],
-            "search": {"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
-                       "timed_out": stats.timed_out},
-        })
+        start = time.time()
+        window = max(0.0, d.end - start) / (task.n_test - i)
+        test = {"attempts": [grid_to_list(g) for g in defaults[i]], "candidates": [], "search": {}}
+        try:
+            test.update(_answer_test_input(session, task, i, cfg, defaults[i], phase,
+                                           search_end=start + window * search_part, select_end=start + window))
+        except torch.OutOfMemoryError as e:  # this input keeps its cheap guesses; the others go on
+            torch.cuda.empty_cache()
+            test["error"] = f"out of memory: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            log.warning("task %s test %d: %s", task.id, i, test["error"])
+        result["tests"].append(test)
     result["end"] = time.time()
     return result
+
+
+def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phases, *,
+                       search_end: float, select_end: float) -> dict:
+    """Search, score and choose the two attempts for test input ``i``."""
+    from arcttt.search import SearchStats, search_session, view_augmentations
+    from arcttt.select import choose_attempts, score_session
+    from arcttt.ttt_data import test_prompts
+
+    tm = session.token_map
+    stats = SearchStats()
+    with phase("search"):
+        augs = view_augmentations(task, i, cfg.search.n_augmentations, keep_background=cfg.search.keep_background,
+                                  seed=cfg.search.seed)
+        views = test_prompts(task, i, tm, augs, cfg.data.max_len)
+        candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats)
+    with phase("select"):
+        augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
+                                  seed=cfg.select.seed)
+        views = test_prompts(task, i, tm, augs, cfg.data.max_len)
+        scored = score_session(session, task, i, candidates, views, cfg.select, deadline=select_end)
+        attempts = choose_attempts(scored, *defaults)  # the cheap guesses fill in
+    return {"attempts": [grid_to_list(a) for a in attempts],
+            "candidates": [c.to_json() for c in scored[:cfg.select.keep_candidates]],
+            "search": {"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
+                       "timed_out": stats.timed_out}}
 
 
 def failed_result(task_id: str, status: str, error: str, worker: int | None, start: float) -> dict:
@@ -120,10 +140,10 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
     the middle of a message can then corrupt only its own channel, which dies with it."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
+    from arcttt.model import load_model, set_offline_env
+
+    set_offline_env()  # before transformers or unsloth is first imported
     from arcttt.config import config_from_json
-    from arcttt.model import load_model
 
     cfg = config_from_json(cfg_json)
     _log_to(Path(run_dir) / "log.txt", f"worker{wid}")
@@ -163,6 +183,10 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
             result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
         atomic_write_json(Path(run_dir) / "tasks" / f"{task.id}.json", result)
         conn.send(("done", wid, task.id))
+        if result["status"] == "error" and any(s in result["error"] for s in FATAL_ERRORS):
+            log.error("worker %d: the GPU is unusable after %s; exiting so that a fresh worker replaces it",
+                      wid, result["error"])
+            os._exit(1)
 
 
 def _act_out_fault(fault: str | None) -> None:
@@ -241,7 +265,7 @@ def resume(run_dir: Path, writer: SubmissionWriter, known: set[str]) -> set[str]
     return done
 
 
-def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "cpu-smoke",
+def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto",
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
         overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
     """Answer every task of ``challenges`` with ``model`` before the deadline; write ``out``.
@@ -253,19 +277,20 @@ def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "cpu-s
     from arcttt.config import load_config
 
     start = time.time()
-    cfg = load_config(config, [*overrides, *([f"budget.time_budget_s={time_budget}"] if time_budget else [])])
+    cfg = load_config(config, [*overrides, *([f"workers={workers}"] if workers is not None else [])])
+    if time_budget:
+        cfg.budget = cfg.budget.for_budget(time_budget)
     out, run_dir = Path(out), Path(run_dir) if run_dir else Path(out).parent / "arcttt-run"
     (run_dir / "tasks").mkdir(parents=True, exist_ok=True)
     handler = _log_to(run_dir / "log.txt", "main")
     try:
-        return _run(challenges, model, out, cfg, start, run_dir, workers, progress)
+        return _run(challenges, model, out, cfg, start, run_dir, progress)
     finally:
         logging.getLogger("arcttt").removeHandler(handler)
         handler.close()
 
 
-def _run(challenges: Path, model: Path, out: Path, cfg, start: float, run_dir: Path,
-         workers: int | None, progress: bool) -> dict:
+def _run(challenges: Path, model: Path, out: Path, cfg, start: float, run_dir: Path, progress: bool) -> dict:
     from arcttt.config import save_config
 
     loaded: Challenges = load_challenges(challenges)
@@ -280,7 +305,7 @@ def _run(challenges: Path, model: Path, out: Path, cfg, start: float, run_dir: P
     todo = order_tasks([t for t in loaded.tasks.values() if t.id not in done], cfg.budget.order)
 
     gpus = visible_gpus()
-    n_workers = workers or cfg.workers or max(1, len(gpus))
+    n_workers = cfg.workers or max(1, len(gpus))
     budget = Budget(cfg.budget, start, n_workers)
     save_config(cfg, run_dir / "config.json")
     atomic_write_json(run_dir / "run.json", {
@@ -353,23 +378,24 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg, model: Path, run_dir: Path,
                 elif w.state == "busy" and time.time() > w.hang_at:
                     w.proc.kill()
                     settle(w, "timeout", f"worker hung: no result {w.hang_at - w.deadlines.start:.0f} s after start")
-                elif w.state in ("idle", "loading") and not w.proc.is_alive():
-                    w.state = "dead"
+                elif w.state == "idle" and not w.proc.is_alive():
+                    log.error("worker %d exited between tasks (exit code %s)", w.wid, w.proc.exitcode)
+                elif w.state == "loading" and not w.proc.is_alive():
+                    w.state = "dead"  # died loading the model: another try would most likely die too
                     continue
                 else:
                     continue
                 w.proc.join(5)
+                w.conn.close()
                 w.state = "dead"
                 if state.pending and budget.remaining() > 2 * cfg.budget.min_task_s:
                     pool[w.wid] = start_worker(w.wid)  # a fresh process on the same GPU
             for w in pool.values():
                 if w.state == "idle" and state.pending and budget.can_start():
                     _give_task(w, state, pool, budget)
-            busy = any(w.state in ("busy", "loading") for w in pool.values())
-            if not busy and (not state.pending or all(w.state == "dead" for w in pool.values())):
-                break
-            if not state.pending and not any(w.state == "busy" for w in pool.values()):
-                break
+            if not any(w.state == "busy" for w in pool.values()) and (
+                    not state.pending or all(w.state == "dead" for w in pool.values())):
+                break  # all done, or no worker left to do the rest
     finally:
         bar.close()
         _stop(pool)
@@ -384,12 +410,15 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg, model: Path, run_dir: Path,
 
 
 def _give_task(w: _Worker, state: _Dispatch, pool: dict, budget: Budget) -> None:
-    task = state.pending[0]
-    if state.avoid.get(task.id) == w.wid and any(
-            o.state in ("idle", "loading") and o.wid != w.wid for o in pool.values()):
-        return  # leave a retried task for another worker
-    state.pending.popleft()
-    pending_cost = state.costs[task.id] + sum(state.costs[t.id] for t in state.pending)
+    others = any(o.state in ("idle", "loading", "busy") and o.wid != w.wid for o in pool.values())
+    # a retried task is left for another worker (if there is one); this one takes the next task
+    task = next((t for t in state.pending if not (others and state.avoid.get(t.id) == w.wid)), None)
+    if task is None:
+        return
+    state.pending.remove(task)
+    # the tasks other workers are on still hold their share of the time left: count them in full
+    running = sum(state.costs[o.task.id] for o in pool.values() if o.state == "busy" and o.task is not None)
+    pending_cost = state.costs[task.id] + sum(state.costs[t.id] for t in state.pending) + running
     w.deadlines = budget.deadlines(state.costs[task.id], pending_cost)
     w.hang_at = budget.hang_limit(w.deadlines)
     w.task, w.state = task, "busy"
@@ -429,15 +458,17 @@ def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, ru
         if w is not None:
             w.state = "dead"
     elif kind == "done" and w is not None and w.task is not None and w.task.id == payload:
-        result = json.loads((run_dir / "tasks" / f"{payload}.json").read_text())
-        if result["status"] == "ok":
-            try:
+        try:
+            result = json.loads((run_dir / "tasks" / f"{payload}.json").read_text())
+            if result["status"] == "ok":
                 writer.set(payload, [tuple(t["attempts"]) for t in result["tests"]])
                 summary["answered"] += 1
-            except (SubmissionError, KeyError, TypeError) as e:  # a malformed answer keeps the default
-                log.error("task %s: result not usable (%s); keeping defaults", payload, e)
+            else:
                 summary["failed"] += 1
-        else:
+        # an unreadable or malformed result (SubmissionError and JSON errors are ValueErrors), or a
+        # submission that cannot be written now: the task keeps its default, the run goes on
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("task %s: result not usable (%s); keeping defaults", payload, e)
             summary["failed"] += 1
         bar.update()
         w.task, w.state = None, "idle"
@@ -484,7 +515,7 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
         model = make_tiny_model(out / "tiny-model")
         config = config or "cpu-smoke"
     summary = run(Path(challenges), Path(model), out / "submission.json", run_dir=out,
-                  config=config or ("kaggle-l4x4" if visible_gpus() else "cpu-smoke"),
+                  config=config or "auto",
                   time_budget=time_budget, workers=workers, overrides=overrides, progress=progress)
     if solutions is not None:
         result = score_submission(load_submission(out / "submission.json"), load_solutions(solutions))

@@ -15,7 +15,6 @@ after the offline switches are set.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +30,9 @@ class WeightsError(ValueError):
 
 def _offline() -> None:
     # before transformers is imported: nothing here may reach a model hub
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from arcttt.model import set_offline_env
+
+    set_offline_env()
 
 
 def check_model_dir(path: str | Path) -> Path:

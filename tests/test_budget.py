@@ -77,3 +77,14 @@ def test_plan_report_fits_or_not(tmp_path):
     assert "does NOT fit" in text
     rows = [line.split() for line in text.splitlines()[5:]]
     assert len(rows) == 6 and all(int(r[-1]) < 96 for r in rows)  # each task gets less than its plan
+
+
+def test_a_given_budget_keeps_only_a_small_margin():
+    from arcttt.config import load_config
+
+    cfg = load_config("kaggle-l4x4").budget
+    assert cfg.safety_margin_s == 600
+    short = cfg.for_budget(900)  # the notebook's self-check: the preset's margin would not even fit
+    assert short.time_budget_s == 900 and short.safety_margin_s == 45
+    long = cfg.for_budget(11 * 3600)
+    assert long.safety_margin_s == 600

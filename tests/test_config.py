@@ -58,3 +58,15 @@ def test_not_key_value():
 
 def test_default_is_a_run_config():
     assert isinstance(RunConfig(), RunConfig)
+
+
+@pytest.mark.parametrize("bad", ["workers=0", "workers=-1", "inject_faults={'a': 'explode'}"])
+def test_bad_workers_and_faults(bad):
+    with pytest.raises(ConfigError, match="workers|inject_faults"):
+        load_config("cpu-smoke", [bad])
+
+
+def test_auto_is_this_machines_preset():
+    from arcttt.kaggle import choose_preset
+
+    assert load_config("auto").preset == choose_preset()

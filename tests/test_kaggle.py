@@ -452,3 +452,20 @@ def test_subset_tasks_takes_the_first_tasks_with_solutions(tmp_path):
     touch(tmp_path / "other.json", json.dumps({"zzz": []}))
     with pytest.raises(InputsError, match="no task id in common"):
         kaggle.subset_tasks(ch, tmp_path / "other.json", 2, tmp_path / "sub2")
+
+
+def test_notebook_main_on_the_rerun_keeps_the_valid_file_instead_of_raising(tmp_path, monkeypatch, capsys):
+    import arcttt.pipeline
+
+    challenges = challenges_tree(tmp_path / "in")
+    settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
+    settings.rerun = True
+
+    def crashing_run(challenges, model, out, **kwargs):
+        Path(out).write_text('{"half a file": [')
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(arcttt.pipeline, "run", crashing_run)
+    summary = kaggle.notebook_main(settings=settings, start_time=0.0)  # no exception on the rerun
+    assert "worker died" in summary["run_error"] and "RUN FAILED" in capsys.readouterr().out
+    assert submission_is_valid(challenges, tmp_path / "work")
