@@ -17,6 +17,7 @@ Layout of work:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -130,6 +131,21 @@ def failed_result(task_id: str, status: str, error: str, worker: int | None, sta
             "end": time.time(), "phases": [], "ttt": None, "tests": []}
 
 
+def result_path(run_dir: Path, task_id: str) -> Path:
+    """Where a task's result record lives in a run directory."""
+    return Path(run_dir) / "tasks" / f"{task_id}.json"
+
+
+def write_failure(run_dir: Path, task_id: str, status: str, error: str, worker: int | None, start: float) -> None:
+    """Record a task that keeps its default answers, and why."""
+    atomic_write_json(result_path(run_dir, task_id), failed_result(task_id, status, error, worker, start))
+
+
+def _attempts(result: dict) -> list[tuple]:
+    """A result record's (attempt_1, attempt_2) per test input, as SubmissionWriter.set takes them."""
+    return [tuple(t["attempts"]) for t in result["tests"]]
+
+
 # --- worker process ------------------------------------------------------------------------------
 
 def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_dir: str,
@@ -181,7 +197,7 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
         except Exception as e:
             log.error("task %s failed on worker %d: %s\n%s", task.id, wid, e, traceback.format_exc())
             result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
-        atomic_write_json(Path(run_dir) / "tasks" / f"{task.id}.json", result)
+        atomic_write_json(result_path(run_dir, task.id), result)
         conn.send(("done", wid, task.id))
         if result["status"] == "error" and any(s in result["error"] for s in FATAL_ERRORS):
             log.error("worker %d: the GPU is unusable after %s; exiting so that a fresh worker replaces it",
@@ -250,15 +266,13 @@ def visible_gpus() -> list[int]:
 
 def resume(run_dir: Path, writer: SubmissionWriter, known: set[str]) -> set[str]:
     """Task ids with an "ok" result already in ``run_dir``; their attempts go into ``writer``."""
-    import json
-
     done = set()
     for path in sorted((run_dir / "tasks").glob("*.json")):
         try:
             r = json.loads(path.read_text())
             if r.get("status") != "ok" or r["task_id"] not in known:
                 continue
-            writer.set(r["task_id"], [tuple(t["attempts"]) for t in r["tests"]])
+            writer.set(r["task_id"], _attempts(r))
             done.add(r["task_id"])
         except (ValueError, KeyError, TypeError) as e:  # SubmissionError is a ValueError
             log.warning("ignoring unreadable result %s: %s", path, e)
@@ -297,8 +311,7 @@ def _run(challenges: Path, model: Path, out: Path, cfg, start: float, run_dir: P
     writer = SubmissionWriter.for_challenges(out, loaded)  # valid from here on
     log_rejected(loaded, log.warning)
     for r in loaded.rejected:
-        atomic_write_json(run_dir / "tasks" / f"{r.task_id}.json",
-                          failed_result(r.task_id, "rejected", r.reason, None, start))
+        write_failure(run_dir, r.task_id, "rejected", r.reason, None, start)
     done = resume(run_dir, writer, set(loaded.tasks))
     if done:
         log.info("resuming: %d tasks already answered in %s", len(done), run_dir)
@@ -361,8 +374,7 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg, model: Path, run_dir: Path,
             state.avoid[task.id] = w.wid
             state.pending.appendleft(task)
         else:
-            atomic_write_json(run_dir / "tasks" / f"{task.id}.json",
-                              failed_result(task.id, status, error, w.wid, w.deadlines.start))
+            write_failure(run_dir, task.id, status, error, w.wid, w.deadlines.start)
             summary["failed"] += 1
             bar.update()
         w.task = None
@@ -401,12 +413,11 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg, model: Path, run_dir: Path,
         _stop(pool)
         for w in pool.values():  # still running at the deadline: they keep their defaults
             if w.state == "busy" and w.task is not None:
-                atomic_write_json(run_dir / "tasks" / f"{w.task.id}.json", failed_result(
-                    w.task.id, "timeout", "still running at the deadline", w.wid, w.deadlines.start))
+                write_failure(run_dir, w.task.id, "timeout", "still running at the deadline", w.wid,
+                              w.deadlines.start)
                 summary["failed"] += 1
         for task in state.pending:
-            atomic_write_json(run_dir / "tasks" / f"{task.id}.json", failed_result(
-                task.id, "default", "not started before the deadline", None, time.time()))
+            write_failure(run_dir, task.id, "default", "not started before the deadline", None, time.time())
 
 
 def _give_task(w: _Worker, state: _Dispatch, pool: dict, budget: Budget) -> None:
@@ -448,8 +459,6 @@ def _poll(pool: dict, timeout: float) -> list[tuple]:
 
 def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, run_dir: Path, writer,
                   summary: dict, bar) -> None:
-    import json
-
     w = pool.get(wid)
     if kind == "ready" and w is not None:
         w.state = "idle"
@@ -459,9 +468,9 @@ def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, ru
             w.state = "dead"
     elif kind == "done" and w is not None and w.task is not None and w.task.id == payload:
         try:
-            result = json.loads((run_dir / "tasks" / f"{payload}.json").read_text())
+            result = json.loads(result_path(run_dir, payload).read_text())
             if result["status"] == "ok":
-                writer.set(payload, [tuple(t["attempts"]) for t in result["tests"]])
+                writer.set(payload, _attempts(result))
                 summary["answered"] += 1
             else:
                 summary["failed"] += 1
@@ -499,8 +508,6 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
     or given ``challenges``/``solutions`` files. With no model, builds the tiny random model and
     uses the ``cpu-smoke`` preset. Writes into ``out``: submission.json, score.json, report.html and
     the run directory files (tasks/, run.json, config.json, log.txt, timeline.png)."""
-    import json
-
     from arcttt.data import export_split, load_solutions
     from arcttt.score import score_submission
     from arcttt.submission import load_submission
