@@ -111,10 +111,12 @@ def commands() -> dict:
         "score": score,
         "report": report,
         "show": show,
+        "show-prompt": show_prompt,
         "profile": profile,
         "shrink-vocab": shrink_vocab,
         "prepare-weights": prepare_weights,
         "make-tiny-model": make_tiny_model,
+        "adopt-model": adopt_model,
     }
 
 
@@ -227,7 +229,7 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
 
 # --- pipeline -----------------------------------------------------------------------------------
 
-def run(*, challenges: Path, model: Path, out: Path, config: str = "auto",
+def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", format: str | None = None,
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
         set: list[str] | None = None, quiet: bool = False) -> int:
     """Answer every task of a challenges file before the deadline and write submission.json.
@@ -242,8 +244,10 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto",
         challenges: Kaggle challenges file (arc-agi_test_challenges.json).
         model: Local model directory prepared for arcttt (has config.json, safetensors, arcttt.json).
         out: Where to write submission.json.
-        config: A preset (kaggle-l4x4, kaggle-t4x2, cpu-smoke; auto: the one for this machine's GPUs) or a
-            JSON/YAML config file.
+        config: A preset (kaggle-l4x4, kaggle-t4x2, nvarc-l4x4, architects-t4x2, architects-l4x4,
+            cpu-smoke; auto: the one for this machine's GPUs) or a JSON/YAML config file.
+        format: The format the model was trained on (compact, chat, nvarc, architects), for a directory
+            without arcttt.json (sets model.format; nvarc's tokenizer is recognised without it).
         time_budget: Seconds for the whole run from now (overrides budget.time_budget_s).
         workers: Worker processes (default: one per visible GPU, one on CPU).
         run_dir: Folder for per-task results, config, log and profile (default: OUT's folder/arcttt-run).
@@ -256,7 +260,8 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto",
 
     try:
         summary = run_pipeline(challenges, model, out, config=config, time_budget=time_budget,
-                               workers=workers, run_dir=run_dir, overrides=set or [], progress=not quiet)
+                               workers=workers, run_dir=run_dir, overrides=_with_format(set, format),
+                               progress=not quiet)
     except ConfigError as e:
         return _error(str(e))
     except ModelLoadError as e:
@@ -267,7 +272,7 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto",
 
 
 def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model: Path | None = None,
-            time_budget: float | None = None, config: str | None = None, workers: int | None = None,
+            format: str | None = None, time_budget: float | None = None, config: str | None = None, workers: int | None = None,
             set: list[str] | None = None, quiet: bool = False) -> int:
     """Run on bundled tasks with known solutions, then score and report.
 
@@ -281,6 +286,7 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         split: arc-agi-1-train, arc-agi-1-eval, arc-agi-2-train or arc-agi-2-eval.
         tasks: How many tasks of the split (the first by id).
         model: A prepared model directory (default: build the tiny random model).
+        format: The format the model was trained on, for a directory without arcttt.json (see run).
         time_budget: Seconds for the run (default: the preset's).
         config: A preset or config file (default: cpu-smoke for the tiny model, else auto: the preset for
             this machine's GPUs).
@@ -297,7 +303,8 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     try:
         summary = run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
-                          config=config, workers=workers, overrides=set or [], progress=not quiet)
+                          config=config, workers=workers, overrides=_with_format(set, format),
+                          progress=not quiet)
     except ConfigError as e:
         return _error(str(e))
     except ModelLoadError as e:
@@ -309,6 +316,10 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         print(f"score: {s['score']:.4f} ({s['correct']}/{s['total']} test outputs); "
               f"report: {summary['report']}")
     return 0
+
+
+def _with_format(overrides: list[str] | None, format: str | None) -> list[str]:
+    return [*(overrides or []), *([f"model.format={format}"] if format else [])]
 
 
 def _summary_line(summary: dict, out: Path) -> str:
@@ -360,6 +371,60 @@ def show(task_id: str, *, challenges: Path, solutions: Path | None = None, out: 
     except TaskError as e:
         return _error(str(e))
     print(draw_task(task, out or Path(f"{task_id}.png")))
+    return 0
+
+
+def show_prompt(task_id: str, *, challenges: Path, model: Path, format: str | None = None, test: int = 0,
+                augmentation: str = "id", solutions: Path | None = None, max_len: int = 8192,
+                json: bool = False) -> int:
+    """Print exactly what the model sees for one test input: the prompt's token ids and text (and,
+    with --solutions, the answer's), as the run builds them from MODEL's format and tokenizer. Only
+    the tokenizer and arcttt.json are read (no weights), so a new checkpoint can be checked in a
+    second before spending a GPU-day on it.
+
+    Args:
+        task_id: The task's id, e.g. 00576224.
+        challenges: Kaggle challenges file holding the task.
+        model: The model directory (its arcttt.json, or its tokenizer with --format).
+        format: The format the model was trained on, for a directory without arcttt.json.
+        test: Which test input (0-based).
+        augmentation: An augmentation key as in the run's records, e.g. rot90/c0918273645/o1,0,2 (default:
+            the identity).
+        solutions: Kaggle solutions file, to show the answer the model should produce.
+        max_len: Longest prompt plus answer in tokens (data.max_len of the run's config); longer prompts
+            drop demonstrations as the run does.
+        json: Print one JSON object (task_id, test, augmentation, format, demos, prompt_ids, prompt_text,
+            and with --solutions answer_ids and answer_text).
+    """
+    import json as jsonlib
+
+    from arcttt.augment import Augmentation
+    from arcttt.data import TaskError
+    from arcttt.formats import FormatError, load_tokenizer
+    from arcttt.model import model_token_map
+    from arcttt.report import find_task
+    from arcttt.ttt_data import prompt_record
+
+    try:
+        task = find_task(challenges, task_id, solutions)
+        aug = Augmentation.from_key(augmentation)
+        if not Path(model).is_dir():
+            raise FormatError(f"model directory {model} does not exist")
+        tm, _ = model_token_map(Path(model), format)
+        tokenizer = load_tokenizer(model) if (Path(model) / "tokenizer.json").is_file() else None
+        record = prompt_record(task, test, tm, aug, max_len, tokenizer)
+    except (TaskError, FormatError, ValueError) as e:
+        return _error(str(e))
+    if json:
+        print(jsonlib.dumps(record, ensure_ascii=False))
+        return 0
+    print(f"task {task_id}, test {test}, augmentation {record['augmentation']}, format {tm.format}, "
+          f"demonstrations {record['demos']}")
+    for name in ("prompt", "answer"):
+        if f"{name}_ids" in record:
+            print(f"\n--- {name}: {len(record[name + '_ids'])} tokens ---")
+            print(record[f"{name}_text"] if record[f"{name}_text"] is not None else "(no tokenizer.json to decode)")
+            print(f"ids: {record[name + '_ids']}")
     return 0
 
 
@@ -466,15 +531,19 @@ def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "
 
 # --- model --------------------------------------------------------------------------------------
 
-def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat"] = "compact", hidden: int = 64,
-                    layers: int = 2, heads: int = 4, intermediate: int = 128, extra_tokens: int = 0,
-                    seed: int = 0) -> int:
-    """Build a small random-initialised Llama with a matching local tokenizer and arcttt.json in OUT
+def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects"] = "compact",
+                    hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int = 128,
+                    extra_tokens: int = 0, seed: int = 0, arch: typing.Literal["llama", "qwen3", "mistral"] = "llama",
+                    meta: bool = True) -> int:
+    """Build a small random-initialised causal LM with a matching local tokenizer and arcttt.json in OUT
     (no download): a stand-in for real weights in tests, dry runs and benchmarks. It solves nothing.
 
     Args:
         out: Folder to write (config.json, model.safetensors, tokenizer files, arcttt.json).
-        format: Token format the model speaks: compact (16 tokens) or chat (ChatML markers).
+        format: Token format the model speaks: compact (16 tokens), chat (ChatML markers), nvarc (NVARC's
+            16-token vocabulary) or architects (the ARChitects' single characters).
+        arch: Architecture: llama, qwen3 (NVARC's base) or mistral (the ARChitects').
+        meta: Write arcttt.json (--no-meta: like a published checkpoint, which has none).
         hidden: Hidden size (a multiple of HEADS with an even head size).
         layers: Decoder layers.
         heads: Attention heads (key/value heads: half of them).
@@ -486,10 +555,36 @@ def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat"] = "c
 
     try:
         path = make(out, format, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate,
-                    extra_tokens=extra_tokens, seed=seed)
+                    extra_tokens=extra_tokens, seed=seed, arch=arch, meta=meta)
     except ValueError as e:
         return _error(str(e))
     print(path)
+    return 0
+
+
+def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects"],
+                copy: bool = False) -> int:
+    """Make a ready model directory for a published checkpoint that is already cut (and maybe saved in
+    bnb 4-bit) and has no arcttt.json: DST gets every file of SRC linked (or copied) as it is, and
+    arcttt.json with the format's token ids in the checkpoint's own tokenizer (every digit and marker
+    checked to round-trip). Nothing is cut, quantized or written into SRC (a Kaggle input is
+    read-only). `run --format NAME` takes SRC directly too; this is for those who prefer a directory
+    that says its format.
+
+    Args:
+        src: The checkpoint's directory (config.json, *.safetensors, tokenizer.json).
+        dst: The new directory (must not exist, or be empty).
+        format: The format the checkpoint was trained on: nvarc, architects, compact or chat.
+        copy: Copy the files instead of linking them.
+    """
+    from arcttt.formats import FormatError
+    from arcttt.weights import WeightsError, adopt_model as adopt
+
+    try:
+        out = adopt(src, dst, format, copy=copy)
+    except (WeightsError, FormatError, OSError) as e:
+        return _error(str(e))
+    print(out)
     return 0
 
 

@@ -106,7 +106,56 @@ def _cpu_smoke() -> RunConfig:
     )
 
 
-PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke}
+def _nvarc_l4x4() -> RunConfig:
+    # NVARC's recipe for their Qwen3-4B checkpoint (1ytic/NVARC; shared/FIELD-NOTES.md), on 4 x L4.
+    return RunConfig(
+        preset="nvarc-l4x4",
+        # 128 samples: 8 symmetries x 16 permutations of all 10 colours; loss on every output
+        data=DataConfig(n_sequences=128, max_len=8192, keep_background=False, loss_on_demo_outputs=True,
+                        loss_on_first_output=True),
+        # bf16, no 4-bit, no gradient checkpointing, max length 8192; the checkpoint's own format
+        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192,
+                          gradient_checkpointing=False, format="nvarc",
+                          # r=256, alpha 32, rsLoRA, all 7 linear layers plus embed_tokens and lm_head
+                          lora=LoraConfig(rank=256, alpha=32, use_rslora=True, lora_embeddings=True)),
+        # lr 5e-5, cosine, warmup 0.1, batch 1, one epoch over the 128 samples
+        ttt=TTTConfig(steps=128, lr=5e-5, warmup_frac=0.1, batch_tokens=8192, max_batch_size=1),
+        # 16 views (8 symmetries x 2 colourings of all 10 colours), DFS at min probability 0.2
+        search=SearchConfig(n_augmentations=16, threshold=0.2, keep_background=False),
+        # every candidate rescored under 8 augmentations; choice = hits minus mean NLL over the views
+        select=SelectConfig(method="nvarc", n_views=8, hits_weight=1.0, keep_background=False),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+        workers=None,  # one per GPU: 4 on 4 x L4
+    )
+
+
+def _architects(preset_name: str, t4: bool) -> RunConfig:
+    # The ARChitects' per-task recipe for their pre-cut, pre-quantized checkpoints (da-fr/arc-prize-2024,
+    # da-fr/Product-of-Experts-ARC-Paper; shared/FIELD-NOTES.md).
+    return RunConfig(
+        preset=preset_name,
+        # 64 samples; all 10 colours permuted; the first output masked from the loss
+        data=DataConfig(n_sequences=64, max_len=6144 if t4 else 8192, keep_background=False,
+                        loss_on_demo_outputs=True, loss_on_first_output=False),
+        # saved in bnb 4-bit: loaded as they are (no second quantization); fp16 on a T4 (no bf16)
+        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="fp16" if t4 else "bf16",
+                          max_seq_len=6144 if t4 else 8192, gradient_checkpointing=True, format="architects",
+                          # 2025 per-task: r=32, alpha 16 (no rsLoRA scaling stated: plain alpha/r)
+                          lora=LoraConfig(rank=32, alpha=16, use_rslora=False)),
+        # batch 1, one pass over the 64 samples; lr is not in the facts: our default 1e-4
+        ttt=TTTConfig(steps=64, lr=1e-4, batch_tokens=6144 if t4 else 8192, max_batch_size=1),
+        # DFS at a min probability of 0.09-0.17 under 16 views: 0.1
+        search=SearchConfig(n_augmentations=16, threshold=0.1, keep_background=False),
+        # product of experts: the sum of NLL over the views, no hits bonus
+        select=SelectConfig(method="poe", n_views=16 if not t4 else 8, hits_weight=0.0, keep_background=False),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+    )
+
+
+PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke,
+           "nvarc-l4x4": _nvarc_l4x4,
+           "architects-t4x2": lambda: _architects("architects-t4x2", t4=True),
+           "architects-l4x4": lambda: _architects("architects-l4x4", t4=False)}
 
 
 def preset(name: str) -> RunConfig:

@@ -1,26 +1,39 @@
-"""Task <-> tokens. One token per cell, a newline token after every row, markers around grids.
+"""Task <-> tokens. One token per cell, a newline token between or after rows, markers around grids.
 
 A sequence is laid out as::
 
     bos  (input grid output grid end)*  input query output  [answer end]
 
-where ``input``/``output``/``end`` are marker token sequences of the format and a grid is its rows
-of digit tokens, each row followed by the newline token. Token ids come from a :class:`TokenMap`,
-which a model directory records in ``arcttt.json`` (see :func:`write_model_meta`), so that encoding
-never calls a tokenizer and works alike before and after the vocabulary is shrunk.
+A format is a value, :class:`FormatSpec`: the text of each marker (``bos``, ``input``, ``output``,
+``end``; nothing sits between pairs beyond them), whether a grid's rows are newline-*terminated*
+(``12\\n34\\n``) or newline-*separated* (``12\\n34``), and, for formats whose vocabulary is fixed,
+the token strings in id order. A :class:`TokenMap` is that format's pieces as ids of one
+vocabulary; a model directory records it in ``arcttt.json`` (see :func:`write_model_meta`), so
+encoding never calls a tokenizer and works alike before and after the vocabulary is cut.
+:func:`encode`, :func:`parse_answer`, the search grammar (``search.py``), the TTT loss masks and
+answer scoring all follow the token map's ``rows``.
 
-Formats, by name:
-- ``compact``: 16 tokens of its own (digits, newline, I/O/end markers, bos, pad), for models whose
-  vocabulary is cut to exactly these (the 2025 winner's style).
-- ``chat``: the markers are a chat-template model's own special tokens (see ``CHAT_PIECES``): each
-  demonstration is a user turn (the input grid) and an assistant turn (the output grid), ChatML
-  style as in Qwen. The marker texts are fixed here rather than read from the model's
-  ``chat_template``, because a Jinja template cannot be turned back into marker pieces reliably;
-  :func:`token_map_from_tokenizer` checks that the model has the ChatML special tokens instead.
+Formats, by name (:data:`SPECS`):
+- ``compact``: 16 tokens of its own (digits, newline, I/O/end markers, bos, pad), rows terminated.
+- ``chat``: ChatML turns, a user turn per input and an assistant turn per output, each grid's rows
+  terminated and each ``<|im_end|>`` followed by a newline (arcttt's own Qwen-style layout).
+- ``nvarc``: NVARC's Qwen3-4B checkpoint exactly as trained (repository 1ytic/NVARC): per pair
+  ``<|im_start|>user\\n{in}<|im_end|><|im_start|>assistant\\n{out}<|im_end|>``, rows separated (no
+  newline after the last row), nothing after ``<|im_end|>``, no bos, no system turn; a fixed
+  16-token vocabulary (digits = ids 0-9, ``Ċ`` 10, ``user`` 11, ``assistant`` 12,
+  ``<|endoftext|>`` 13 = pad, ``<|im_start|>`` 14, ``<|im_end|>`` 15 = eos).
+- ``architects``: the ARChitects' models (da-fr/arc-prize-2024): the tokenizer's bos and the 48
+  letters ``ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz`` once, then per pair ``I{in}\\n+/-=O{out}\\n``
+  and the tokenizer's eos, rows joined by ``\\n``; written here as rows terminated with the output
+  marker ``+/-=O`` and the end marker eos (the same text, and the answer's end is unambiguous).
 
-:func:`token_map_from_tokenizer` finds a format's ids in any Hugging Face tokenizer;
-:func:`build_tokenizer` builds a small local tokenizer for a format (tiny test models, shrunk
-vocabularies), with no download.
+Tokenizers are read with the ``tokenizers`` library itself (:func:`load_tokenizer`), never through
+``AutoTokenizer``: transformers 5.17 rebuilds NVARC's WordLevel ``tokenizer.json`` as BPE and
+silently drops ``user``/``assistant``. :func:`token_map_from_tokenizer` derives a format's ids and
+checks that every digit and marker round-trips (encodes to ids that decode to the same text);
+:func:`check_token_map` compares a recorded map with the tokenizer's, naming the marker and both id
+sequences on a mismatch. :func:`build_tokenizer` builds a small local tokenizer for a format (tiny
+test models, cut vocabularies), with no download.
 """
 
 from __future__ import annotations
@@ -28,39 +41,84 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from arcttt.data import MAX_SIDE, Pair
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
 META_FILE = "arcttt.json"
+ROWS = ("terminated", "separated")
 
 # The compact vocabulary: token strings in id order.
 COMPACT_TOKENS: tuple[str, ...] = (*"0123456789", "\n", "<I>", "<O>", "<E>", "<s>", "<pad>")
-
-# Text of each marker piece in the chat format (Qwen/ChatML-style special tokens).
-CHAT_PIECES = {
-    "bos": "",
-    "input": "<|im_start|>user\n",
-    "output": "<|im_end|>\n<|im_start|>assistant\n",
-    "end": "<|im_end|>\n",
-}
-FORMATS = ("compact", "chat")
-# The compact vocabulary's bos/eos/pad tokens (eos is the end marker: generation stops there).
-COMPACT_SPECIAL = {"bos": "<s>", "eos": "<E>", "pad": "<pad>"}
-# The chat format's ChatML special tokens and the plain words its markers use; bos/eos/pad as in
-# Qwen2.5's configs (bos_token_id = pad = <|endoftext|>, eos = <|im_end|>).
-CHAT_SPECIAL = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>"}
-CHAT_MARKERS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-CHAT_WORDS = ("user", "assistant", "system")
+# NVARC's vocabulary, token strings in id order (byte-level spelling: "Ċ" is the newline).
+NVARC_TOKENS: tuple[str, ...] = (*"0123456789", "Ċ", "user", "assistant", "<|endoftext|>", "<|im_start|>",
+                                 "<|im_end|>")
+ARCHITECTS_PREPROMPT = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
+# The single characters an ARChitects model keeps (besides its special tokens).
+ARCHITECTS_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!?.:,;*+/-=\n"
+# Qwen2/Qwen3's pre-tokenizer split (their tokenizer.json); NVARC kept it with its 16 words.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML_MARKERS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 class FormatError(ValueError):
     """A model directory or tokenizer that does not speak a known arcttt format."""
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A format as text. ``{bos}``, ``{eos}`` and ``{pad}`` in a marker stand for the tokenizer's own
+    bos/eos/pad token (the pad falls back to eos)."""
+
+    name: str
+    bos: str
+    input: str
+    output: str
+    end: str
+    rows: str
+    """terminated: a newline after every row; separated: newlines only between rows."""
+    pad: str = "{pad}"
+    vocabulary: tuple[str, ...] | None = None
+    """The format's own vocabulary (token strings in id order), for :func:`build_tokenizer` and
+    :func:`detect_format`; None: the model's own vocabulary."""
+    fixed_ids: bool = False
+    """The vocabulary's ids are part of the format (a model trained on it): a tokenizer that gives
+    other ids for a piece is refused."""
+    whole_markers: bool = False
+    """Markers are single vocabulary entries, found by their spelling when text encoding splits them."""
+
+    def __post_init__(self):
+        if self.rows not in ROWS:
+            raise FormatError(f"format {self.name}: rows must be one of {ROWS}, got {self.rows!r}")
+        if not self.output or not self.end:
+            raise FormatError(f"format {self.name}: needs non-empty output and end markers")
+
+
+SPECS: dict[str, FormatSpec] = {s.name: s for s in (
+    FormatSpec("compact", bos="<s>", input="<I>", output="<O>", end="<E>", rows="terminated", pad="<pad>",
+               vocabulary=COMPACT_TOKENS, whole_markers=True),
+    FormatSpec("chat", bos="", input="<|im_start|>user\n", output="<|im_end|>\n<|im_start|>assistant\n",
+               end="<|im_end|>\n", rows="terminated"),
+    FormatSpec("nvarc", bos="", input="<|im_start|>user\n", output="<|im_end|><|im_start|>assistant\n",
+               end="<|im_end|>", rows="separated", pad="<|endoftext|>", vocabulary=NVARC_TOKENS, fixed_ids=True),
+    FormatSpec("architects", bos="{bos}" + ARCHITECTS_PREPROMPT, input="I", output="+/-=O", end="{eos}",
+               rows="terminated"),
+)}
+FORMATS = tuple(SPECS)
+# kept for callers of the first version: the chat format's marker texts
+CHAT_PIECES = {k: getattr(SPECS["chat"], k) for k in ("bos", "input", "output", "end")}
+
+
+def spec(name: str) -> FormatSpec:
+    if name not in SPECS:
+        raise FormatError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+    return SPECS[name]
 
 
 @dataclass(frozen=True)
@@ -75,6 +133,7 @@ class TokenMap:
     output: tuple[int, ...]   # marker before an output grid
     end: tuple[int, ...]      # marker after an output grid (end of answer)
     pad: int
+    rows: str = "terminated"  # newline after every row, or only between rows
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -83,6 +142,15 @@ class TokenMap:
             raise FormatError("a token map needs 10 distinct digit ids")
         if not self.end or not self.output:
             raise FormatError("a token map needs non-empty output and end markers")
+        if self.rows not in ROWS:
+            raise FormatError(f"a token map's rows must be one of {ROWS}, got {self.rows!r}")
+        if self.end[0] in (*self.digits, self.newline):
+            raise FormatError("the end marker must not start with a digit or the newline (the answer's end "
+                              "would be ambiguous)")
+
+    @property
+    def separated(self) -> bool:
+        return self.rows == "separated"
 
     @property
     def used_ids(self) -> list[int]:
@@ -103,8 +171,10 @@ class TokenMap:
         try:
             return cls(format=obj["format"], digits=tuple(obj["digits"]), newline=int(obj["newline"]),
                        bos=tuple(obj["bos"]), input=tuple(obj["input"]), output=tuple(obj["output"]),
-                       end=tuple(obj["end"]), pad=int(obj["pad"]))
-        except (KeyError, TypeError) as e:
+                       end=tuple(obj["end"]), pad=int(obj["pad"]), rows=obj.get("rows", "terminated"))
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, FormatError):
+                raise
             raise FormatError(f"token map is missing or has a bad field: {e}") from None
 
 
@@ -115,89 +185,217 @@ def compact_token_map() -> TokenMap:
                     (i["<E>"],), i["<pad>"])
 
 
-def _try_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int] | str:
-    """The ids of ``text``, or why the tokenizer cannot encode it (a word-level vocabulary without
-    an unknown token raises a bare ``Exception`` from the ``tokenizers`` library)."""
+# --- tokenizers, read with the `tokenizers` library itself ----------------------------------------
+
+@dataclass
+class TextTokenizer:
+    """A ``tokenizers.Tokenizer`` and the spelling of its bos/eos/pad tokens: all arcttt needs of a
+    tokenizer. Encoding never adds special tokens; decoding spells them out."""
+
+    backend: Any = field(repr=False)
+    bos: str | None = None
+    eos: str | None = None
+    pad: str | None = None
+    name: str = "tokenizer"
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of ``text``; :class:`FormatError` when the vocabulary cannot hold it."""
+        try:
+            return [int(i) for i in self.backend.encode(text, add_special_tokens=False).ids]
+        except Exception as e:  # noqa: BLE001 - a word-level vocabulary without an unknown token raises Exception
+            raise FormatError(f"tokenizer {self.name}: cannot encode {text!r} ({e})") from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+
+def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
+    """A :class:`TextTokenizer` from itself, a ``tokenizers.Tokenizer`` or a transformers fast
+    tokenizer (its ``backend_tokenizer`` and role tokens)."""
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return TextTokenizer(backend, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token,
+                             getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "token_to_id"):
+        return TextTokenizer(tokenizer)
+    raise FormatError(f"{type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer")
+
+
+def _role_token(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _read_json(path: Path) -> dict:
     try:
-        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
-        return f"cannot encode it ({e})"
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]})") from None
+    return obj if isinstance(obj, dict) else {}
 
 
-def _single_id(tokenizer: PreTrainedTokenizerBase, text: str, by_string: bool = False) -> int | None:
-    """The id of ``text`` if the tokenizer encodes it as exactly one known token, else None; with
-    ``by_string`` also a vocabulary entry spelled ``text`` that encoding would split."""
-    ids = _try_encode(tokenizer, text)
-    if isinstance(ids, list) and len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
-        return ids[0]
-    return tokenizer.get_vocab().get(text) if by_string else None
+def load_tokenizer(model_dir: str | Path) -> TextTokenizer:
+    """The tokenizer of a model directory, from its ``tokenizer.json`` with the ``tokenizers``
+    library (the vocabulary exactly as saved); bos/eos/pad from ``tokenizer_config.json``, else
+    ``special_tokens_map.json``, else the ids in ``config.json``."""
+    from tokenizers import Tokenizer
+
+    model_dir = Path(model_dir)
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise FormatError(f"{model_dir} has no tokenizer.json (arcttt reads tokenizers with the `tokenizers` "
+                          "library only, so that a vocabulary is used exactly as it was saved)")
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on a bad file
+        raise FormatError(f"{path}: not a tokenizers file ({str(e)[:120]})") from None
+    roles: dict[str, str | None] = {"bos": None, "eos": None, "pad": None}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (model_dir / name).is_file():
+            obj = _read_json(model_dir / name)
+            for role in roles:
+                roles[role] = roles[role] or _role_token(obj.get(f"{role}_token"))
+    if (model_dir / "config.json").is_file():
+        config = _read_json(model_dir / "config.json")
+        for role in roles:
+            token_id = config.get(f"{role}_token_id")
+            if isinstance(token_id, list):
+                token_id = token_id[0] if token_id else None
+            if roles[role] is None and isinstance(token_id, int):
+                roles[role] = backend.id_to_token(token_id)
+    return TextTokenizer(backend, roles["bos"], roles["eos"], roles["pad"], str(model_dir))
 
 
-def _piece_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
-    ids = _try_encode(tokenizer, text) if text else []
-    if isinstance(ids, str) or tokenizer.unk_token_id in ids:
-        raise FormatError(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__}: "
-                          f"marker {text!r} {ids if isinstance(ids, str) else 'has unknown tokens'}")
-    return tuple(ids)
+def _marker_text(fmt: FormatSpec, text: str, tok: TextTokenizer, what: str) -> str:
+    for role in ("bos", "eos", "pad"):
+        key = "{" + role + "}"
+        if key in text:
+            value = getattr(tok, role) or (tok.eos if role == "pad" else None)
+            if value is None:
+                raise FormatError(f"tokenizer {tok.name}: has no {role} token, which the {fmt.name} format's "
+                                  f"{what} marker needs")
+            text = text.replace(key, value)
+    return text
 
 
-def token_map_from_tokenizer(format_name: str, tokenizer: PreTrainedTokenizerBase) -> TokenMap:
-    """The ids of every piece of ``format_name`` in a Hugging Face tokenizer.
+def _derive(fmt: FormatSpec, tok: TextTokenizer) -> TokenMap:
+    """A format's ids in a tokenizer: digits and newline single tokens, markers that round-trip."""
 
-    ``compact`` needs each of :data:`COMPACT_TOKENS` as one token (markers may be found by their
-    token string alone).
-    ``chat`` encodes each of :data:`CHAT_PIECES` (``add_special_tokens=False``) and needs the
-    ChatML special tokens ``<|im_start|>``/``<|im_end|>``; its pad is the tokenizer's pad (else eos).
-    Both need every digit and the newline to be single tokens. Raises :class:`FormatError`.
-    """
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    if format_name not in FORMATS:
-        raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+    def single(text: str, why: str) -> int:
+        try:
+            ids = tok.encode(text)
+        except FormatError as e:
+            ids, got = None, f"cannot encode it: {e}"
+        else:
+            got = f"encodes to {ids}"
+        if ids is not None and len(ids) == 1 and tok.decode(ids) == text:
+            return ids[0]
+        if fmt.whole_markers and tok.token_to_id(text) is not None:
+            return tok.token_to_id(text)  # markers are never typed as text: a vocabulary entry is enough
+        raise FormatError(f"tokenizer {tok.name}: {text!r} is not a single known token ({got}); "
+                          f"the {fmt.name} format needs {why}")
 
-    def single(text: str, why: str, by_string: bool = False) -> int:
-        i = _single_id(tokenizer, text, by_string)
-        if i is None:
-            ids = _try_encode(tokenizer, text)
-            got = ids if isinstance(ids, str) else f"encodes to {ids}"
-            raise FormatError(f"tokenizer {name}: {text!r} is not a single known token ({got}); "
-                              f"the {format_name} format needs {why}")
-        return i
+    def piece(what: str) -> tuple[int, ...]:
+        text = _marker_text(fmt, getattr(fmt, what), tok, what)
+        if not text:
+            return ()
+        if fmt.whole_markers:
+            return (single(text, f"its {what} marker {text!r} as one token "
+                                 f"(build_tokenizer('{fmt.name}') makes them)"),)
+        ids = tok.encode(text)
+        back = tok.decode(ids)
+        if back != text:
+            raise FormatError(f"tokenizer {tok.name}: the {fmt.name} format's {what} marker {text!r} encodes to "
+                              f"{ids}, which decodes to {back!r}")
+        return tuple(ids)
 
     digits = tuple(single(str(d), "every digit as one token") for d in range(10))
     newline = single("\n", "the newline as one token")
-    if format_name == "compact":
-        # markers are never typed as text, so a vocabulary entry of that spelling is enough
-        ids = {t: single(t, "its 16 tokens (see COMPACT_TOKENS; build_tokenizer('compact') makes them)", True)
-               for t in COMPACT_TOKENS[11:]}
-        return TokenMap("compact", digits, newline, (ids["<s>"],), (ids["<I>"],), (ids["<O>"],),
-                        (ids["<E>"],), ids["<pad>"])
-    for marker in ("<|im_start|>", "<|im_end|>"):
-        single(marker, "the ChatML special tokens <|im_start|> and <|im_end|>")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    markers = {what: piece(what) for what in ("input", "output", "end", "bos")}
+    pad_text = _marker_text(fmt, fmt.pad, tok, "pad")
+    pad = tok.token_to_id(pad_text)
     if pad is None:
-        raise FormatError(f"tokenizer {name}: has neither a pad nor an eos token; the chat format needs one to pad")
-    return TokenMap("chat", digits, newline, *(_piece_ids(tokenizer, CHAT_PIECES[k])
-                                                for k in ("bos", "input", "output", "end")), int(pad))
+        raise FormatError(f"tokenizer {tok.name}: the pad token {pad_text!r} is not in its vocabulary")
+    return TokenMap(fmt.name, digits, newline, pad=int(pad), rows=fmt.rows, **markers)
 
 
-def _format_vocabulary(format_name: str, extra_tokens: int) -> tuple[list[str], set[str], dict[str, str]]:
-    """Token strings in id order, the special ones among them, and the bos/eos/pad tokens."""
-    fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
-    if format_name == "compact":
-        # the format's tokens first, so that ids are positions in COMPACT_TOKENS (compact_token_map)
-        return [*COMPACT_TOKENS, *fillers], {*COMPACT_TOKENS[11:], *fillers}, COMPACT_SPECIAL
-    if format_name == "chat":
-        real = [*"0123456789", "\n", *CHAT_MARKERS, *CHAT_WORDS]
-        # fillers spread between the real tokens, as the used ids of a real model are scattered
-        # (so that cutting the vocabulary must re-index, not just truncate)
-        tokens: list[str] = []
-        per_gap, rest = divmod(len(fillers), len(real))
-        it = iter(fillers)
-        for k, t in enumerate(real):
-            tokens.append(t)
-            tokens.extend(next(it) for _ in range(per_gap + (k < rest)))
-        return tokens, {*CHAT_MARKERS, *fillers}, CHAT_SPECIAL
-    raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap:
+    """The ids of every piece of ``format_name`` in a tokenizer (a :class:`TextTokenizer`, a
+    ``tokenizers.Tokenizer`` or a transformers fast tokenizer).
+
+    Every digit and the newline must be one token; every marker must round-trip (its ids decode
+    to its text); a format with fixed ids (``nvarc``) must get exactly its own ids. Raises
+    :class:`FormatError` naming the piece and the ids.
+    """
+    fmt = spec(format_name)
+    tm = _derive(fmt, as_text_tokenizer(tokenizer))
+    if fmt.fixed_ids:
+        check_token_map(tm, own_token_map(fmt.name), got_from="this tokenizer",
+                        expected_from=f"the {fmt.name} format's own vocabulary")
+    return tm
+
+
+def own_token_map(format_name: str) -> TokenMap:
+    """A format's token map over its own vocabulary (:attr:`FormatSpec.vocabulary`)."""
+    fmt = spec(format_name)
+    if fmt.vocabulary is None:
+        raise FormatError(f"the {fmt.name} format has no vocabulary of its own: it uses the model's")
+    return _derive(fmt, as_text_tokenizer(build_tokenizer(fmt.name)))
+
+
+def _piece_text(tm: TokenMap, name: str) -> str:
+    if name == "digits":
+        return "0-9"
+    if name == "newline":
+        return repr("\n")
+    if name in ("bos", "input", "output", "end", "pad"):
+        return repr(getattr(spec(tm.format), name))
+    return ""
+
+
+def check_token_map(got: TokenMap, expected: TokenMap, *, got_from: str, expected_from: str) -> None:
+    """Raise :class:`FormatError` on the first piece whose ids differ, naming the piece, its text
+    and both id sequences."""
+    for name in ("format", "rows", "digits", "newline", "bos", "input", "output", "end", "pad"):
+        a, b = getattr(got, name), getattr(expected, name)
+        if a != b:
+            show = (lambda v: list(v) if isinstance(v, tuple) else v)
+            raise FormatError(f"{name} {_piece_text(expected, name)} is {show(a)} in {got_from} but "
+                              f"{show(b)} in {expected_from}".replace("  ", " "))
+
+
+def detect_format(tokenizer: Any) -> str | None:
+    """The format a tokenizer's vocabulary pins down, if any: one with fixed ids whose vocabulary
+    is exactly this one (NVARC's 16 tokens), else None."""
+    vocab = as_text_tokenizer(tokenizer).vocab()
+    for fmt in SPECS.values():
+        if fmt.fixed_ids and fmt.vocabulary and vocab == {t: i for i, t in enumerate(fmt.vocabulary)}:
+            return fmt.name
+    return None
+
+
+# --- small local tokenizers (tests, tiny models, cut vocabularies) ---------------------------------
+
+# The chat fixture's plain words (besides digits, newline and ChatML special tokens).
+CHAT_WORDS = ("user", "assistant", "system")
+# bos/eos/pad of each format's own tokenizer (as in Qwen2.5's and NVARC's configs; Mistral's names
+# for the ARChitects' character vocabulary).
+ROLE_TOKENS = {
+    "compact": {"bos": "<s>", "eos": "<E>", "pad": "<pad>"},
+    "chat": {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>"},
+    "nvarc": {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>"},
+    "architects": {"bos": "<s>", "eos": "</s>", "pad": "<pad>"},
+}
+ARCHITECTS_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>")
 
 
 def wordlevel_tokenizer(tokens: Sequence[str], special: set[str], bos: str | None, eos: str | None,
@@ -218,20 +416,80 @@ def wordlevel_tokenizer(tokens: Sequence[str], special: set[str], bos: str | Non
     return _portable_tokenizer_class()(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
 
 
+def _nvarc_backend(fillers: list[str]):
+    """NVARC's tokenizer: a WordLevel model over its 16 tokens with Qwen's split and byte-level
+    pre-tokenizer and decoder, its three ChatML tokens added as special."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate([*NVARC_TOKENS, *fillers])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATML_MARKERS])
+    return tok
+
+
+def _architects_backend(fillers: list[str]):
+    """A character vocabulary like the ARChitects' cut models: Mistral-style special tokens first,
+    then one byte-level token per kept character (newline spelled "Ċ"), no merges."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    byte_spelling = {c: _byte_level(c) for c in ARCHITECTS_CHARS}
+    tokens = [*ARCHITECTS_SPECIAL, *byte_spelling.values(), *fillers]
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ARCHITECTS_SPECIAL])
+    return tok
+
+
+def _byte_level(char: str) -> str:
+    """GPT-2's byte-level spelling of a one-byte character (printable ASCII is itself)."""
+    b = ord(char)
+    if 33 <= b <= 126:
+        return char
+    shifted = [x for x in range(256) if not (33 <= x <= 126 or 161 <= x <= 172 or 174 <= x <= 255)]
+    return chr(256 + shifted.index(b))
+
+
 def build_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTokenizerFast:
     """A small local tokenizer for ``format_name`` (no download), for tiny test models.
 
     compact: :data:`COMPACT_TOKENS` at ids 0-15 (bos ``<s>``, eos ``<E>``, pad ``<pad>``).
     chat: digits, newline, ``<|endoftext|>``/``<|im_start|>``/``<|im_end|>`` (special) and the
     words ``user``/``assistant``/``system``, so ``"<|im_start|>user\\n"`` is 3 tokens (bos = pad =
-    ``<|endoftext|>``, eos ``<|im_end|>``). ``extra_tokens`` unused filler tokens ``<extra_i>`` give
-    ``shrink-vocab`` something to cut. It saves with ``save_pretrained`` and loads back with
-    ``AutoTokenizer`` in transformers 4.4x and 5.x.
+    ``<|endoftext|>``, eos ``<|im_end|>``).
+    nvarc: NVARC's 16-token WordLevel tokenizer, ids as they trained (see the module docstring).
+    architects: ``<unk> <s> </s> <pad>`` then the single characters an ARChitects model keeps.
+    ``extra_tokens`` unused filler tokens ``<extra_i>`` give ``shrink-vocab`` something to cut
+    (spread between the chat tokens, appended after the others). It saves with ``save_pretrained``
+    and loads back with ``AutoTokenizer`` in transformers 4.4x and 5.x (nvarc: see
+    :func:`load_tokenizer` for why arcttt itself reads ``tokenizer.json`` directly).
     """
     if extra_tokens < 0:
         raise ValueError(f"extra_tokens must be >= 0, got {extra_tokens}")
-    tokens, special, roles = _format_vocabulary(format_name, extra_tokens)
-    return wordlevel_tokenizer(tokens, special, roles["bos"], roles["eos"], roles["pad"])
+    fmt = spec(format_name)
+    roles = ROLE_TOKENS[fmt.name]
+    fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
+    if fmt.name == "compact":
+        # the format's tokens first, so that ids are positions in COMPACT_TOKENS (compact_token_map)
+        return wordlevel_tokenizer([*COMPACT_TOKENS, *fillers], {*COMPACT_TOKENS[11:], *fillers}, **roles)
+    if fmt.name == "chat":
+        real = [*"0123456789", "\n", *CHATML_MARKERS, *CHAT_WORDS]
+        # fillers spread between the real tokens, as the used ids of a real model are scattered
+        # (so that cutting the vocabulary must re-index, not just truncate)
+        tokens: list[str] = []
+        per_gap, rest = divmod(len(fillers), len(real))
+        it = iter(fillers)
+        for k, t in enumerate(real):
+            tokens.append(t)
+            tokens.extend(next(it) for _ in range(per_gap + (k < rest)))
+        return wordlevel_tokenizer(tokens, {*CHATML_MARKERS, *fillers}, **roles)
+    backend = _nvarc_backend(fillers) if fmt.name == "nvarc" else _architects_backend(fillers)
+    return _portable_tokenizer_class()(tokenizer_object=backend, bos_token=roles["bos"], eos_token=roles["eos"],
+                                       pad_token=roles["pad"])
 
 
 def _portable_tokenizer_class():
@@ -255,6 +513,8 @@ def _portable_tokenizer_class():
     return PortableTokenizerFast
 
 
+# --- encoding -------------------------------------------------------------------------------------
+
 @dataclass
 class Encoded:
     """Token ids of one sequence, the mask of positions that carry loss, and the prompt length
@@ -269,13 +529,21 @@ class Encoded:
         return len(self.ids)
 
 
+def grid_len(shape: tuple[int, int], tm: TokenMap) -> int:
+    """Tokens of a grid of ``shape``: its cells and its newlines."""
+    h, w = shape
+    return h * (w + 1) - (1 if tm.separated else 0)
+
+
 def grid_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
-    """A grid's tokens: each row's digits followed by the newline token."""
+    """A grid's tokens: each row's digits, with the newline token after every row (terminated) or
+    between rows (separated)."""
     g = np.asarray(grid)
     rows = np.empty((g.shape[0], g.shape[1] + 1), dtype=np.int64)
     rows[:, :-1] = np.asarray(tm.digits, dtype=np.int64)[g]
     rows[:, -1] = tm.newline
-    return rows.reshape(-1)
+    flat = rows.reshape(-1)
+    return flat[:-1] if tm.separated else flat
 
 
 def answer_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
@@ -284,11 +552,12 @@ def answer_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
 
 
 def encode(demos: Sequence[Pair], query: np.ndarray, tm: TokenMap, answer: np.ndarray | None = None,
-           *, loss_on_demo_outputs: bool = False) -> Encoded:
+           *, loss_on_demo_outputs: bool = False, loss_on_first_output: bool = False) -> Encoded:
     """Encode demonstrations, a query input and optionally its answer.
 
     Loss falls on the answer and its end marker; with ``loss_on_demo_outputs`` also on every
-    demonstration output (and end marker) after the first.
+    demonstration output (and end marker) after the first, and with ``loss_on_first_output`` too
+    on the first (NVARC trains on every output).
     """
     pieces: list = []
     losses: list[bool] = []  # one per piece; the mask is expanded once at the end (TTT data is hot)
@@ -299,11 +568,12 @@ def encode(demos: Sequence[Pair], query: np.ndarray, tm: TokenMap, answer: np.nd
 
     add(tm.bos)
     for k, pair in enumerate(demos):
+        demo_loss = loss_on_demo_outputs and (k > 0 or loss_on_first_output)
         add(tm.input)
         add(grid_ids(pair.input, tm))
         add(tm.output)
-        add(grid_ids(pair.output, tm), loss=loss_on_demo_outputs and k > 0)
-        add(tm.end, loss=loss_on_demo_outputs and k > 0)
+        add(grid_ids(pair.output, tm), loss=demo_loss)
+        add(tm.end, loss=demo_loss)
     add(tm.input)
     add(grid_ids(query, tm))
     add(tm.output)
@@ -329,8 +599,9 @@ class ParseFailure:
 def parse_answer(ids: Sequence[int], tm: TokenMap, *, require_end: bool = False) -> np.ndarray | ParseFailure:
     """Generated ids (after the prompt) back to a grid, or a typed :class:`ParseFailure`.
 
-    Reads up to the first token of the end marker; every row must end with a newline and all rows
-    must have the same width, 1-30 cells, at most 30 rows.
+    Reads up to the first token of the end marker. Terminated rows: every row ends with a newline.
+    Separated rows: newlines only between rows (the last row ends at the end marker). All rows
+    have the same width, 1-30 cells, at most 30 rows.
     """
     ids = [int(i) for i in ids]
     end_at = ids.index(tm.end[0]) if tm.end[0] in ids else None
@@ -352,7 +623,13 @@ def parse_answer(ids: Sequence[int], tm: TokenMap, *, require_end: bool = False)
             return ParseFailure(f"stray token {t}")
         if len(row) > MAX_SIDE or len(rows) > MAX_SIDE:
             return ParseFailure(f"larger than {MAX_SIDE}x{MAX_SIDE}")
-    if row:
+    if tm.separated:
+        if not row:
+            return ParseFailure("empty row" if rows else "empty")
+        rows.append(row)
+        if len(rows) > MAX_SIDE:
+            return ParseFailure(f"larger than {MAX_SIDE}x{MAX_SIDE}")
+    elif row:
         return ParseFailure("last row not closed by a newline")
     if not rows:
         return ParseFailure("empty")
@@ -360,6 +637,8 @@ def parse_answer(ids: Sequence[int], tm: TokenMap, *, require_end: bool = False)
         return ParseFailure("ragged rows")
     return np.array(rows, dtype=np.uint8)
 
+
+# --- model metadata -------------------------------------------------------------------------------
 
 def write_model_meta(model_dir: str | Path, tm: TokenMap, **extra) -> Path:
     """Record in ``model_dir/arcttt.json`` which format the model speaks and its token ids."""
@@ -374,12 +653,13 @@ def read_model_meta(model_dir: str | Path) -> tuple[TokenMap, dict]:
     if not Path(model_dir).is_dir():
         raise FormatError(f"model directory {model_dir} does not exist")
     if not path.is_file():
-        raise FormatError(f"{model_dir} has no {META_FILE}: prepare it with `arcttt prepare-weights`, "
-                          "`arcttt shrink-vocab` or `arcttt make-tiny-model`")
+        raise FormatError(f"{model_dir} has no {META_FILE}: give its format (--format, one of {', '.join(FORMATS)}), "
+                          "or prepare it with `arcttt adopt-model`, `arcttt prepare-weights`, `arcttt shrink-vocab` "
+                          "or `arcttt make-tiny-model`")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{path}: not JSON ({e.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: not JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         raise FormatError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
                           f"known: {', '.join(FORMATS)}")

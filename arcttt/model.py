@@ -26,6 +26,7 @@ The model is called like any Hugging Face causal LM::
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import tempfile
@@ -64,6 +65,8 @@ class LoraConfig:
     """Also train the input embeddings in full (cheap once the vocabulary is cut to ~16 tokens)."""
     train_lm_head: bool = False
     """Also train the output head in full."""
+    lora_embeddings: bool = False
+    """A LoRA on ``embed_tokens`` and ``lm_head`` too (NVARC); unsloth trains them in full instead."""
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -77,9 +80,17 @@ class LoraConfig:
         if not self.target_modules:
             errors.append("target_modules must name at least one module")
         if {"embed_tokens", "lm_head"} & set(self.target_modules):
-            errors.append("put embed_tokens/lm_head under train_embeddings/train_lm_head, not target_modules")
+            errors.append("put embed_tokens/lm_head under lora_embeddings (a LoRA) or train_embeddings/"
+                          "train_lm_head (in full), not target_modules")
+        if self.lora_embeddings and (self.train_embeddings or self.train_lm_head):
+            errors.append("lora_embeddings and train_embeddings/train_lm_head exclude each other")
         if errors:
             raise ValueError("LoraConfig: " + "; ".join(errors))
+
+    @property
+    def lora_modules(self) -> list[str]:
+        """Leaf names of every module that gets a LoRA."""
+        return [*self.target_modules, *(("embed_tokens", "lm_head") if self.lora_embeddings else ())]
 
     @property
     def full_modules(self) -> list[str]:
@@ -101,6 +112,9 @@ class ModelConfig:
     """Longest sequence the model is asked to handle (training sequences beyond it are dropped)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~30% slower); set at load time for unsloth."""
+    format: str | None = None
+    """The format the model was trained on, for a directory without ``arcttt.json`` (compact, chat,
+    nvarc, architects); None: ``arcttt.json``'s, else what the tokenizer pins down (nvarc)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -113,6 +127,8 @@ class ModelConfig:
             errors.append(f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
         if self.max_seq_len < 16:
             errors.append(f"max_seq_len must be >= 16, got {self.max_seq_len}")
+        if self.format is not None and self.format not in formats.FORMATS:
+            errors.append(f"format must be one of {', '.join(formats.FORMATS)} or None, got {self.format!r}")
         if errors:
             raise ValueError("ModelConfig: " + "; ".join(errors))
 
@@ -214,8 +230,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def check_model_dir(path: str | Path) -> tuple[Path, formats.TokenMap, dict]:
-    """The directory, its token map and metadata, or a :class:`ModelLoadError` saying what is wrong."""
+def check_model_dir(path: str | Path, format: str | None = None) -> tuple[Path, formats.TokenMap, dict]:
+    """The directory, its token map and metadata, or a :class:`ModelLoadError` saying what is wrong.
+
+    The token map is ``arcttt.json``'s when there is one (``format``, if given, must agree), else the
+    format's ids in the directory's tokenizer (``format`` given, or pinned down by the tokenizer:
+    NVARC's 16 tokens). Either way every digit and marker is checked against ``tokenizer.json``
+    (read with the ``tokenizers`` library) when the directory has one. Nothing is written here.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
@@ -226,16 +248,50 @@ def check_model_dir(path: str | Path) -> tuple[Path, formats.TokenMap, dict]:
         raise ModelLoadError(f"{path} has no *.safetensors weights (found: {', '.join(found) or 'nothing'}); "
                              "only safetensors are loaded")
     try:
-        token_map, meta = formats.read_model_meta(path)
+        return (path, *model_token_map(path, format))
     except formats.FormatError as e:
         raise ModelLoadError(f"{path}: {e}") from e
-    return path, token_map, meta
+
+
+def model_token_map(path: Path, format: str | None = None) -> tuple[formats.TokenMap, dict]:
+    """See :func:`check_model_dir`; raises :class:`formats.FormatError`."""
+    has_tokenizer = (path / "tokenizer.json").is_file()
+    tokenizer = formats.load_tokenizer(path) if has_tokenizer else None
+    if (path / formats.META_FILE).is_file():
+        token_map, meta = formats.read_model_meta(path)
+        if format is not None and format != token_map.format:
+            raise formats.FormatError(f"format {format} was asked for, but {formats.META_FILE} says "
+                                      f"{token_map.format}")
+        if tokenizer is not None:
+            formats.check_token_map(token_map, formats.token_map_from_tokenizer(token_map.format, tokenizer),
+                                    got_from=formats.META_FILE, expected_from="tokenizer.json")
+        return token_map, meta
+    if tokenizer is None:
+        formats.read_model_meta(path)  # raises: no arcttt.json, and no tokenizer to read a format from
+    detected = formats.detect_format(tokenizer)
+    name = format or detected
+    if name is None:
+        raise formats.FormatError(f"no {formats.META_FILE}, and its tokenizer does not pin down a format: give "
+                                  f"--format (one of {', '.join(formats.FORMATS)}) or run `arcttt adopt-model`")
+    token_map = formats.token_map_from_tokenizer(name, tokenizer)
+    return token_map, {"format": name, "token_map": token_map.to_json(),
+                       "source": "format given" if format else "format detected from the tokenizer"}
+
+
+def prequantized(path: Path) -> bool:
+    """The directory's weights are saved quantized (bitsandbytes 4-bit): load them as they are."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    return isinstance(quant, dict) and bool(quant.get("load_in_4bit") or quant.get("quant_method") == "bitsandbytes")
 
 
 def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession:
     """Load the model in ``path`` (a local directory), attach a fresh LoRA and snapshot it."""
     cfg = cfg or ModelConfig()
-    path, token_map, _ = check_model_dir(path)
+    path, token_map, _ = check_model_dir(path, cfg.format)
     set_offline_env()
     backend = resolve_backend(cfg.backend)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -247,9 +303,10 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession
         raise ModelLoadError(f"{path}: cannot load the model with backend {backend}: "
                              f"{type(e).__name__}: {str(e)[:500]}") from e
     _keep_bnb_cpu_layout(model)
-    vocab = model.get_input_embeddings().num_embeddings
+    embeddings = model.get_input_embeddings()
+    vocab = getattr(embeddings, "base_layer", embeddings).num_embeddings  # a LoRA on it wraps it
     if max(token_map.used_ids) >= vocab:
-        raise ModelLoadError(f"{path}: arcttt.json uses token id {max(token_map.used_ids)} but the model "
+        raise ModelLoadError(f"{path}: the {token_map.format} format uses token id {max(token_map.used_ids)} but the model "
                              f"has only {vocab} embeddings")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not trainable:
@@ -284,7 +341,7 @@ def _peft_config(cfg: ModelConfig):
 
     lora = cfg.lora
     return PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
-                          target_modules=list(lora.target_modules), modules_to_save=lora.full_modules or None,
+                          target_modules=lora.lora_modules, modules_to_save=lora.full_modules or None,
                           bias="none", task_type="CAUSAL_LM")
 
 
@@ -294,7 +351,7 @@ def _load_hf(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dt
 
     kwargs = {**_from_pretrained_kwargs(), **_dtype_kwarg(dtype),
               "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu"}
-    if cfg.load_in_4bit:
+    if cfg.load_in_4bit and not prequantized(path):  # a pre-quantized directory loads as it was saved
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -313,9 +370,11 @@ def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: tor
 
     lora = cfg.lora
     model, _tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(path), max_seq_length=cfg.max_seq_len, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
+        model_name=str(path), max_seq_length=cfg.max_seq_len, dtype=dtype,
+        load_in_4bit=cfg.load_in_4bit or prequantized(path),
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, **_from_pretrained_kwargs())
-    targets = [*lora.target_modules, *lora.full_modules]  # unsloth trains embed_tokens/lm_head in full when listed
+    # unsloth trains embed_tokens/lm_head in full when listed (a LoRA on them becomes full training)
+    targets = [*lora.lora_modules, *lora.full_modules]
     return FastLanguageModel.get_peft_model(
         model, r=lora.rank, target_modules=targets, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, random_state=0,
@@ -345,37 +404,49 @@ def count_base_params(model) -> int:
     return total
 
 
-def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden: int = 64, layers: int = 2,
-                    heads: int = 4, intermediate: int = 128, extra_tokens: int = 0, seed: int = 0) -> Path:
-    """A random-initialised small Llama with a matching local tokenizer and ``arcttt.json`` (no download).
+ARCHITECTURES = ("llama", "qwen3", "mistral")
 
-    Key/value heads are half the attention heads (grouped-query attention, as in Llama 3 and Qwen).
+
+def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden: int = 64, layers: int = 2,
+                    heads: int = 4, intermediate: int = 128, extra_tokens: int = 0, seed: int = 0,
+                    arch: str = "llama", meta: bool = True) -> Path:
+    """A random-initialised small causal LM with a matching local tokenizer and ``arcttt.json`` (no download).
+
+    ``arch``: llama, qwen3 (NVARC's base) or mistral (the ARChitects'). Key/value heads are half the
+    attention heads (grouped-query attention, as in Llama 3 and Qwen). ``meta=False`` writes no
+    ``arcttt.json``, like a published checkpoint (the format must then be given or detected).
     """
     if min(hidden, layers, heads, intermediate) < 1 or extra_tokens < 0:
         raise ValueError(f"hidden, layers, heads and intermediate must be >= 1 and extra_tokens >= 0, got "
                          f"{hidden}, {layers}, {heads}, {intermediate}, {extra_tokens}")
     if hidden % heads or (hidden // heads) % 2:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads}) with an even head size")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     set_offline_env()
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = formats.build_tokenizer(format_name, extra_tokens=extra_tokens)
     token_map = formats.token_map_from_tokenizer(format_name, tokenizer)
-    config = LlamaConfig(
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[arch]
+    config = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2), intermediate_size=intermediate, max_position_embeddings=16384,
         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        pad_token_id=tokenizer.pad_token_id, **({"head_dim": hidden // heads} if arch != "llama" else {}))
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     from arcttt.weights import portable_config
 
     portable_config(out / "config.json")  # loads the same in transformers 4.4x
-    formats.write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
+    if meta:
+        formats.write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
     return out
-
-

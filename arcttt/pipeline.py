@@ -333,7 +333,7 @@ def _run(challenges: Path, model: Path, out: Path, cfg, start: float, run_dir: P
     if todo:
         from arcttt.model import ModelLoadError, check_model_dir
 
-        check_model_dir(model)  # fail fast, before any worker starts, on a directory that cannot be right
+        check_model_dir(model, cfg.model.format)  # fail fast, before any worker starts, on a directory that cannot be right
         state = _Dispatch(deque(todo), {t.id: expected_cost(t) for t in todo})
         _dispatch(state, budget, cfg, model, run_dir, writer, gpus, n_workers, summary, progress)
         summary["unstarted"] = len(state.pending)

@@ -11,7 +11,8 @@ How the search reads the model:
   their work; the mass the model puts on other tokens is simply lost. ``renormalize=True`` instead
   renormalises over the symbols the grammar allows at each step (a completion can then only gain).
 - A small grammar prunes what :func:`arcttt.formats.parse_answer` would reject anyway: no empty row,
-  every row as wide as the first, at most 30 x 30, the end only after a whole row. Without
+  every row as wide as the first, at most 30 x 30, the end only after a whole row (after its
+  newline when the format's rows are newline-terminated, in its place when they are separated). Without
   renormalisation this changes nothing in the kept completions, it only saves forward passes; it
   also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens.
 - The most likely child is explored first. A branch is cut as soon as its cumulative probability
@@ -198,14 +199,17 @@ def _past(deadline: float | None) -> bool:
 _START = (0, 0, 0)
 
 
-def _allowed(state: tuple[int, int, int]) -> list[int]:
+def _allowed(state: tuple[int, int, int], separated: bool = False) -> list[int]:
+    """Symbols that continue a well-formed answer. Terminated rows: the end comes after a row's
+    newline. Separated rows: the end closes the last row itself, and a newline must open another."""
     col, width, rows = state
     out = []
     if rows < MAX_SIDE and col < (width or MAX_SIDE):
         out.extend(range(10))
-    if col > 0 and (width == 0 or col == width):
+    row_done = col > 0 and (width == 0 or col == width)
+    if row_done and (not separated or rows + 1 < MAX_SIDE):
         out.append(NEWLINE)
-    if col == 0 and rows > 0:
+    if (row_done if separated else col == 0 and rows > 0):
         out.append(END)
     return out
 
@@ -221,10 +225,10 @@ _ALL = list(range(N_SYMBOLS))
 
 
 def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, renormalize: bool,
-              greedy: bool) -> list[tuple[float, int]]:
+              greedy: bool, separated: bool) -> list[tuple[float, int]]:
     """Children worth exploring, as (cumulative logprob, symbol), least likely first (pop() takes
     the most likely)."""
-    syms = _allowed(state) if grammar else _ALL
+    syms = _allowed(state, separated) if grammar else _ALL
     vals = lp[syms]
     if renormalize and len(syms):
         vals = vals - np.logaddexp.reduce(vals)
@@ -237,7 +241,7 @@ def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, r
 
 
 def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, min_lp: float,
-                 max_new: int, grammar: bool, renormalize: bool, greedy: bool):
+                 max_new: int, grammar: bool, renormalize: bool, greedy: bool, separated: bool = False):
     """One view's depth-first search as a generator, so that one driver can run many in lock-step.
 
     It yields ``(depth, symbol)``: "feed this symbol as answer token number ``depth``" (the cache
@@ -246,7 +250,7 @@ def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, m
     to ``found``. Iterative, so that 931-token answers do not hit Python's recursion limit.
     """
     path: list[int] = []
-    stack = [(_children(root_lp, 0.0, _START, min_lp, grammar, renormalize, greedy), _START)]
+    stack = [(_children(root_lp, 0.0, _START, min_lp, grammar, renormalize, greedy, separated), _START)]
     while stack:
         kids, state = stack[-1]
         if not kids:
@@ -263,7 +267,7 @@ def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, m
         lp = yield len(path), sym
         path.append(sym)
         state = _advance(state, sym)
-        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy), state))
+        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy, separated), state))
 
 
 # --- drivers: one view, or many in lock-step -----------------------------------------------------
@@ -413,7 +417,7 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
     symbol_ids = torch.tensor(answer_ids, device=device)
     feed = [torch.tensor([[t]], device=device) for t in answer_ids]
     opts = dict(min_lp=-math.inf if greedy else math.log(threshold), max_new=max_new_tokens,
-                grammar=grammar, renormalize=renormalize, greedy=greedy)
+                grammar=grammar, renormalize=renormalize, greedy=greedy, separated=tm.separated)
     prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
     results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
     with inference(model):

@@ -15,7 +15,10 @@ turn, so at every moment all candidates have been scored on the same views; if t
 the ranking uses the views scored so far, or, with none, the search's own logprob in place of the
 sum (``score = search_logprob + hits_weight * log(hits)``).
 
-Ranking: ``method="poe"`` ranks by the score. ``method="vote"`` is MIT-style hierarchical voting:
+``method="nvarc"`` scores as NVARC does: the hits count minus the *mean* negative log-likelihood
+over the views (``score = hits_weight * hits + mean_v log p``).
+
+Ranking: ``method="poe"`` and ``"nvarc"`` rank by the score. ``method="vote"`` is MIT-style hierarchical voting:
 the views that found candidates are grouped by their symmetry; within a group, candidates are
 ranked by how many of the group's views found them (then by their best search logprob), and the
 group's top ``vote_top_k`` each get one vote; candidates are ranked by votes across groups, ties
@@ -44,8 +47,9 @@ from arcttt.search import Candidate, checked_views, inference, last_logits_kwarg
 class SelectConfig:
     """How a test input's candidates are ranked into two attempts."""
 
-    method: Literal["poe", "vote"] = "poe"
-    """poe: augmented likelihood (product of experts) + hits bonus; vote: hierarchical voting."""
+    method: Literal["poe", "vote", "nvarc"] = "poe"
+    """poe: augmented likelihood (product of experts) + hits bonus; vote: hierarchical voting;
+    nvarc: hits minus the mean NLL over the views."""
     n_views: int = 8
     """Augmented views each candidate is scored under (0: no scoring, rank by the search's logprob)."""
     hits_weight: float = 1.0
@@ -63,8 +67,8 @@ class SelectConfig:
 
     def __post_init__(self):
         errors = []
-        if self.method not in ("poe", "vote"):
-            errors.append(f"method must be 'poe' or 'vote', got {self.method!r}")
+        if self.method not in ("poe", "vote", "nvarc"):
+            errors.append(f"method must be 'poe', 'vote' or 'nvarc', got {self.method!r}")
         if self.n_views < 0:
             errors.append(f"n_views must be >= 0, got {self.n_views}")
         if self.batch_size < 1:
@@ -176,9 +180,18 @@ def score_candidates(model: torch.nn.Module, task: Task, test_index: int, candid
     scored = []
     for j, c in enumerate(cands):
         lps = [float(v[j]) for v in per_view]
-        base = sum(lps) if lps else c.search_logprob
-        scored.append(ScoredCandidate(c, base + cfg.hits_weight * math.log(max(c.hits, 1)), lps, list(keys)))
+        scored.append(ScoredCandidate(c, candidate_score(c, lps, cfg), lps, list(keys)))
     return rank(scored, cfg)
+
+
+def candidate_score(c: Candidate, view_logprobs: list[float], cfg: SelectConfig) -> float:
+    """The score of the module doc; with no view scored, the search's logprob stands in for the
+    views' sum (poe, vote) or mean (nvarc)."""
+    if cfg.method == "nvarc":
+        base = float(np.mean(view_logprobs)) if view_logprobs else c.search_logprob
+        return cfg.hits_weight * c.hits + base
+    base = sum(view_logprobs) if view_logprobs else c.search_logprob
+    return base + cfg.hits_weight * math.log(max(c.hits, 1))
 
 
 def rank(scored: list[ScoredCandidate], cfg: SelectConfig) -> list[ScoredCandidate]:

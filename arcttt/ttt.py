@@ -42,6 +42,9 @@ class TTTConfig:
     batch_tokens: int = 8192
     """Token budget of one padded batch (batch size x longest sequence in it)."""
     max_batch_size: int = 16
+    embedding_lr_scale: float = 1.0
+    """Learning rate of ``embed_tokens``/``lm_head`` (their LoRA or the modules in full) relative to
+    ``lr`` (the ARChitects' 2024 run: 0.1)."""
     optimizer: Literal["adamw", "adamw8bit", "auto"] = "auto"
     """auto: 8-bit AdamW (bitsandbytes) on a GPU when it is installed, else torch AdamW."""
     grad_checkpointing: bool = False
@@ -62,6 +65,8 @@ class TTTConfig:
             errors.append(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if not 0 <= self.min_lr_frac <= 1:
             errors.append(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+        if not self.embedding_lr_scale > 0:
+            errors.append(f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             errors.append("weight_decay and grad_clip must be >= 0")
         if self.batch_tokens < 16 or self.max_batch_size < 1:
@@ -170,15 +175,29 @@ def mean_loss(session: ModelSession, sequences: list[Encoded], batch_tokens: int
     return total / count
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: TTTConfig, device: torch.device) -> torch.optim.Optimizer:
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+
+
+def param_groups(named: dict[str, torch.nn.Parameter], cfg: TTTConfig) -> list[dict]:
+    """The trainable parameters in optimizer groups, each with its ``lr_scale``: the embeddings and
+    output head (their adapters or the modules themselves) at ``embedding_lr_scale``, the rest at 1."""
+    emb = [p for n, p in named.items() if any(f".{m}." in f".{n}." for m in EMBEDDING_MODULES)]
+    rest = [p for n, p in named.items() if not any(f".{m}." in f".{n}." for m in EMBEDDING_MODULES)]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if emb:
+        groups.append({"params": emb, "lr_scale": cfg.embedding_lr_scale})
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(groups: list[dict], cfg: TTTConfig, device: torch.device) -> torch.optim.Optimizer:
     kind = cfg.optimizer
     if kind == "auto":
         kind = "adamw8bit" if device.type == "cuda" and _bnb_available() else "adamw"
     if kind == "adamw8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
 
 def _bnb_available() -> bool:
@@ -199,8 +218,9 @@ def _fit(session: ModelSession, batches: list[Batch], cfg: TTTConfig, deadline: 
     """The training loop; appends to ``result`` as it goes (so a caller that catches an error sees
     the steps done so far)."""
     model, device = session.model, session.device
-    params = list(session.trainable_parameters().values())
-    opt = make_optimizer(params, cfg, device)
+    named = session.trainable_parameters()
+    params = list(named.values())
+    opt = make_optimizer(param_groups(named, cfg), cfg, device)
     # fp16 activations' gradients underflow without loss scaling (bf16 and fp32 need none); the scaler
     # needs fp32 master weights, which peft gives the adapter by default
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and session.dtype == torch.float16
@@ -218,7 +238,7 @@ def _fit(session: ModelSession, batches: list[Batch], cfg: TTTConfig, deadline: 
         batch = batches[order[step % len(batches)]]
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with _autocast(session):
             loss = batch_loss(model, batch, device)
         scaler.scale(loss).backward()

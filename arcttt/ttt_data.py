@@ -22,7 +22,7 @@ import numpy as np
 
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.data import MAX_SIDE, Pair, Task
-from arcttt.formats import Encoded, TokenMap, encode
+from arcttt.formats import Encoded, TextTokenizer, TokenMap, answer_ids, encode, grid_len
 
 # a duplicate-heavy held-out pair (symmetric grids, few augmentations switched on) is given up
 # after this many duplicates in a row
@@ -47,6 +47,8 @@ class DataConfig:
     """Colour 0 stays 0 under colour permutations (ARC's usual background)."""
     loss_on_demo_outputs: bool = False
     """Train also on every demonstration output after the first, not just the answer."""
+    loss_on_first_output: bool = False
+    """With ``loss_on_demo_outputs``, the first demonstration output too (NVARC: loss on every output)."""
     seed: int = 0
     """Seed of the random augmentations (combined with the task id)."""
 
@@ -97,10 +99,6 @@ class View:
     demos: tuple[int, ...] = ()
 
 
-def _grid_len(shape: tuple[int, int]) -> int:
-    return shape[0] * (shape[1] + 1)  # a newline after every row
-
-
 def _fit(demo_lens: list[int], base: int, max_len: int) -> list[int]:
     """Positions of the demonstrations kept (in order) so that ``base`` plus their lengths fits in
     ``max_len``, dropping the longest first (the later one on a tie)."""
@@ -119,8 +117,8 @@ def _lengths(tm: TokenMap) -> tuple[int, int]:
     return demo, len(tm.bos) + demo
 
 
-def _demo_len(pair: Pair, aug: Augmentation, markers: int) -> int:
-    return markers + _grid_len(aug.shape(pair.input.shape)) + _grid_len(aug.shape(pair.output.shape))
+def _demo_len(pair: Pair, aug: Augmentation, markers: int, tm: TokenMap) -> int:
+    return markers + grid_len(aug.shape(pair.input.shape), tm) + grid_len(aug.shape(pair.output.shape), tm)
 
 
 def _task_rng(task: Task, seed: int) -> np.random.Generator:
@@ -142,7 +140,7 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
     symmetries = D8_NAMES if cfg.symmetries else ("id",)
 
     def base_len(i: int, aug: Augmentation) -> int:
-        return base_markers + _demo_len(task.train[i], aug, 0)
+        return base_markers + _demo_len(task.train[i], aug, 0, tm)
 
     # per held-out pair, the symmetries under which its query and answer alone fit
     fitting = {i: [s for s in symmetries if base_len(i, Augmentation(s)) <= cfg.max_len] for i in range(n)}
@@ -170,12 +168,12 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
         )
         tries[i] += 1
         shown = [others[k] for k in aug.order] if aug.order is not None else others
-        lens = [_demo_len(task.train[j], aug, demo_markers) for j in shown]
+        lens = [_demo_len(task.train[j], aug, demo_markers, tm) for j in shown]
         kept = [shown[k] for k in _fit(lens, base_len(i, aug), cfg.max_len)]
         demos = [Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in kept]
         held = task.train[i]
         enc = encode(demos, aug.grid(held.input), tm, aug.grid(held.output),
-                     loss_on_demo_outputs=cfg.loss_on_demo_outputs)
+                     loss_on_demo_outputs=cfg.loss_on_demo_outputs, loss_on_first_output=cfg.loss_on_first_output)
         digest = enc.ids.tobytes()
         if digest in seen:
             stats.duplicates += 1
@@ -198,7 +196,7 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
 
 def max_answer_len(tm: TokenMap) -> int:
     """Tokens of the largest possible answer: a 30x30 grid and the end marker."""
-    return _grid_len((MAX_SIDE, MAX_SIDE)) + len(tm.end)
+    return grid_len((MAX_SIDE, MAX_SIDE), tm) + len(tm.end)
 
 
 def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentation], max_len: int,
@@ -220,12 +218,12 @@ def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentat
         if aug.order is not None and len(aug.order) != len(task.train):
             raise ValueError(f"task {task.id}: augmentation {aug.key} orders {len(aug.order)} pairs, "
                              f"the task has {len(task.train)}")
-        base = base_markers - len(tm.end) + _grid_len(aug.shape(query.shape)) + reserve
+        base = base_markers - len(tm.end) + grid_len(aug.shape(query.shape), tm) + reserve
         if base > max_len:
             raise ValueError(f"task {task.id}: test input {test_index} ({query.shape[0]}x{query.shape[1]}) needs "
                              f"{base} tokens with {reserve} reserved for the answer, over max_len={max_len}")
         shown = list(aug.order) if aug.order is not None else list(range(len(task.train)))
-        lens = [_demo_len(task.train[j], aug, demo_markers) for j in shown]
+        lens = [_demo_len(task.train[j], aug, demo_markers, tm) for j in shown]
         kept = [shown[k] for k in _fit(lens, base, max_len)]
         demos = [Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in kept]
         views.append(View(aug, encode(demos, aug.grid(query), tm).ids, len(kept), tuple(kept)))
@@ -233,6 +231,22 @@ def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentat
 
 
 test_prompts.__test__ = False  # not a pytest test, though tests import it by this name
+
+
+def prompt_record(task: Task, test_index: int, tm: TokenMap, aug: Augmentation, max_len: int,
+                  tokenizer: TextTokenizer | None = None) -> dict:
+    """Exactly what the model is shown for one test input under one augmentation, as the run builds
+    it: ``prompt_ids`` and, when the task's test output is known, ``answer_ids`` (the augmented
+    answer and the end marker), with their texts decoded by ``tokenizer`` (special tokens spelled
+    out; None without a tokenizer)."""
+    view = test_prompts(task, test_index, tm, [aug], max_len)[0]
+    record = {"task_id": task.id, "test": test_index, "augmentation": aug.key, "format": tm.format,
+              "demos": list(view.demos), "prompt_ids": [int(i) for i in view.prompt],
+              "prompt_text": tokenizer.decode(view.prompt) if tokenizer else None}
+    if task.test_outputs is not None:
+        answer = answer_ids(aug.grid(task.test_outputs[test_index]), tm)
+        record.update(answer_ids=[int(i) for i in answer], answer_text=tokenizer.decode(answer) if tokenizer else None)
+    return record
 
 
 @dataclass(frozen=True)

@@ -335,3 +335,35 @@ def prepare_weights(src: str | Path, dst: str | Path, format_name: str, *, quant
         quantize_4bit(shrunk, dst, device, compute_dtype)
     _update_model_meta(dst, prepared_by="arcttt prepare-weights")
     return dst
+
+
+def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: bool = False) -> Path:
+    """Make ``dst`` a ready model directory for an already-cut (or pre-quantized) checkpoint ``src``
+    that has no ``arcttt.json``: every file of ``src`` linked (or copied) into ``dst``, as it is (no
+    cutting, no quantizing), and ``arcttt.json`` written there with the format's ids in the
+    checkpoint's own tokenizer (checked: every digit and marker round-trips). ``src`` is only read,
+    so it may be a read-only Kaggle input. Raises :class:`WeightsError` or :class:`FormatError`.
+    """
+    import shutil
+
+    from arcttt.formats import META_FILE, load_tokenizer
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir() or not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
+        raise WeightsError(f"{src} is not a model directory with config.json and *.safetensors weights")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
+    if dst.resolve() == src.resolve():
+        raise WeightsError("destination and source are the same folder; nothing is ever written into the source")
+    tm = token_map_from_tokenizer(format_name, load_tokenizer(src))  # fails before anything is written
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.name == META_FILE or not path.is_file():
+            continue
+        if copy:
+            shutil.copy2(path, dst / path.name)
+        else:
+            (dst / path.name).symlink_to(path.resolve())
+    write_model_meta(dst, tm, source=str(src.resolve()), adopted_by="arcttt adopt-model",
+                     files="copied" if copy else "linked")
+    return dst

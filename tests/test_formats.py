@@ -37,7 +37,8 @@ def tm(request):
 def test_parse_answer_round_trips(g, fmt, tail):
     tm = token_map_from_tokenizer(fmt, build_tokenizer(fmt, extra_tokens=40))
     ids = answer_ids(g, tm)
-    assert len(ids) == g.shape[0] * (g.shape[1] + 1) + len(tm.end)
+    newlines = g.shape[0] - (tm.rows == "separated")  # after every row, or only between rows
+    assert len(ids) == g.size + newlines + len(tm.end)
     for require_end in (False, True):
         out = parse_answer(ids, tm, require_end=require_end)
         assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and np.array_equal(out, g)
@@ -60,17 +61,28 @@ def test_parse_failures_are_typed(tm):
     assert _fail([], tm) == "empty"
     assert _fail([end], tm) == "empty"
     assert _fail([nl, end], tm) == "empty row"
-    assert _fail([d[1], d[2], nl, d[3], nl, end], tm) == "ragged rows"
-    assert _fail([d[1], nl, d[3], d[4], nl, end], tm) == "ragged rows"
-    assert _fail([d[1], d[2], end], tm) == "last row not closed by a newline"
-    assert _fail([d[1], d[2]], tm) == "last row not closed by a newline"
     stray = next(i for i in range(100) if i not in tm.answer_ids)
-    assert _fail([d[1], stray, nl, end], tm) == f"stray token {stray}"
-    assert _fail([*([d[0]] * 31), nl, end], tm) == "larger than 30x30"
-    assert _fail([d[0], nl] * 31 + [end], tm) == "larger than 30x30"
-    assert _fail([d[1], nl], tm, require_end=True) == "no end marker"
-    # the largest grid still parses
-    assert parse_answer([*([d[9]] * 30 + [nl]) * 30, end], tm).shape == (30, 30)
+    if tm.rows == "terminated":
+        assert _fail([d[1], d[2], nl, d[3], nl, end], tm) == "ragged rows"
+        assert _fail([d[1], nl, d[3], d[4], nl, end], tm) == "ragged rows"
+        assert _fail([d[1], d[2], end], tm) == "last row not closed by a newline"
+        assert _fail([d[1], d[2]], tm) == "last row not closed by a newline"
+        assert _fail([d[1], stray, nl, end], tm) == f"stray token {stray}"
+        assert _fail([*([d[0]] * 31), nl, end], tm) == "larger than 30x30"
+        assert _fail([d[0], nl] * 31 + [end], tm) == "larger than 30x30"
+        assert _fail([d[1], nl], tm, require_end=True) == "no end marker"
+        assert parse_answer([*([d[9]] * 30 + [nl]) * 30, end], tm).shape == (30, 30)
+    else:  # separated: the end closes the last row; a newline before it opens an empty one
+        assert _fail([d[1], d[2], nl, d[3], end], tm) == "ragged rows"
+        assert _fail([d[1], nl, d[3], d[4], end], tm) == "ragged rows"
+        assert _fail([d[1], d[2], nl, end], tm) == "empty row"
+        assert _fail([d[1], nl, nl, d[2], end], tm) == "empty row"
+        assert _fail([d[1], stray, end], tm) == f"stray token {stray}"
+        assert _fail([*([d[0]] * 31), end], tm) == "larger than 30x30"
+        assert _fail([d[0], nl] * 30 + [d[0], end], tm) == "larger than 30x30"
+        assert _fail([d[1]], tm, require_end=True) == "no end marker"
+        assert np.array_equal(parse_answer([d[1], d[2], nl, d[3], d[4], end], tm), [[1, 2], [3, 4]])
+        assert parse_answer([*([d[9]] * 30 + [nl]) * 29, *[d[9]] * 30, end], tm).shape == (30, 30)
 
 
 @settings(max_examples=100, deadline=None)

@@ -68,8 +68,12 @@ def test_load_errors_name_the_path_and_the_fault(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="odd_format.*unknown format 'morse'"):
         load_model(odd)
     (odd / formats.META_FILE).unlink()
-    with pytest.raises(ModelLoadError, match=f"has no {formats.META_FILE}"):
+    with pytest.raises(ModelLoadError, match=f"no {formats.META_FILE}, and its tokenizer does not pin down a format: "
+                                             "give --format"):
         load_model(odd)
+    assert load_model(odd, ModelConfig(backend="hf", format="compact")).token_map == formats.compact_token_map()
+    with pytest.raises(ModelLoadError, match="odd_format: tokenizer .*cannot encode '<\\|im_start\\|>user"):
+        load_model(odd, ModelConfig(backend="hf", format="nvarc"))
 
 
 def test_make_tiny_model_writes_a_portable_directory(tmp_path):

@@ -48,7 +48,7 @@ def _check_sequence(seq, task, tm, cfg):
     assert meta["dropped"] == len(shown) - len(meta["demos"])
     want = encode([Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in meta["demos"]],
                   aug.grid(task.train[i].input), tm, aug.grid(task.train[i].output),
-                  loss_on_demo_outputs=cfg.loss_on_demo_outputs)
+                  loss_on_demo_outputs=cfg.loss_on_demo_outputs, loss_on_first_output=cfg.loss_on_first_output)
     assert np.array_equal(seq.ids, want.ids) and np.array_equal(seq.loss_mask, want.loss_mask)
     assert seq.prompt_len == want.prompt_len
     assert len(seq) <= cfg.max_len
@@ -124,6 +124,27 @@ def test_loss_on_demo_outputs(tasks, tm):
         assert b.loss_mask.sum() > a.loss_mask.sum()
         assert np.array_equal(b.loss_mask[a.prompt_len:], a.loss_mask[a.prompt_len:])
         _check_sequence(b, task, tm, DataConfig(loss_on_demo_outputs=True))
+    every = training_sequences(task, tm, DataConfig(n_sequences=4, loss_on_demo_outputs=True,
+                                                    loss_on_first_output=True))
+    for b, c in zip(more.sequences, every.sequences):
+        # the first demonstration's output grid and end marker are now targets too
+        first = int(np.flatnonzero(c.loss_mask)[0])
+        assert c.loss_mask.sum() - b.loss_mask.sum() == first_output_len(b, tm)
+        assert not b.loss_mask[first] and c.ids[first - len(tm.output):first].tolist() == list(tm.output)
+        _check_sequence(c, task, tm, DataConfig(loss_on_demo_outputs=True, loss_on_first_output=True))
+
+
+def first_output_len(seq, tm) -> int:
+    """Tokens of the first demonstration's output grid and its end marker, found from the ids."""
+    ids = seq.ids.tolist()
+    k = len(tm.bos) + len(tm.input)
+    while ids[k:k + len(tm.output)] != list(tm.output):
+        k += 1
+    start = k + len(tm.output)
+    stop = start
+    while ids[stop:stop + len(tm.end)] != list(tm.end):
+        stop += 1
+    return stop + len(tm.end) - start
 
 
 def test_max_len_drops_longest_demos_never_the_answer(arc1_eval, tm):
@@ -210,7 +231,7 @@ def test_prompts_fit_max_len_with_answer_reserve(arc1_eval, tm):
         assert list(v.demos) == [j for j in order if j in v.demos]
     small = ttt_data.test_prompts(task, 0, tm, augs, max_len=full // 2 + 50, answer_reserve=50)
     assert all(len(v.prompt) + 50 <= full // 2 + 50 for v in small)
-    assert max_answer_len(tm) == 30 * 31 + len(tm.end)
+    assert max_answer_len(tm) == 30 * 30 + (30 if tm.rows == "terminated" else 29) + len(tm.end)
 
 
 def test_prompt_errors_name_the_task(tasks, tm):
