@@ -147,3 +147,35 @@ def tiny_session(_tiny_session_shared):
     snapshot and in eval mode before every test that uses it."""
     _tiny_session_shared.reset()
     return _tiny_session_shared
+
+
+# --- the published checkpoints' shapes: random weights, their tokenizers, no arcttt.json ----------
+
+NVARC_TOKENIZER_CONFIG = {  # as a Qwen3 checkpoint saves it (the class AutoTokenizer would rebuild)
+    "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+    "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length": 40960, "add_prefix_space": False}
+
+
+@pytest.fixture(scope="session")
+def nvarc_model_dir(tmp_path_factory):
+    """An NVARC-shaped directory: a tiny random Qwen3 with NVARC's 16-token WordLevel tokenizer.json
+    (Qwen's split + byte-level pre-tokenizer), a Qwen-style tokenizer_config.json and no arcttt.json."""
+    import json
+
+    from arcttt.model import make_tiny_model
+
+    out = make_tiny_model(tmp_path_factory.mktemp("nvarc") / "qwen3_4b_grids15_sft139", "nvarc", arch="qwen3",
+                          meta=False)
+    (out / "tokenizer_config.json").write_text(json.dumps(NVARC_TOKENIZER_CONFIG))
+    (out / "special_tokens_map.json").unlink(missing_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def architects_model_dir(tmp_path_factory):
+    """An ARChitects-shaped directory: a tiny random Mistral over single-character tokens
+    (``<unk> <s> </s> <pad>``, then A-Z, a-z, 0-9, punctuation and newline), no arcttt.json."""
+    from arcttt.model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("architects") / "Mistral-ARChitects", "architects",
+                           arch="mistral", meta=False)
