@@ -6,6 +6,8 @@ limit, and the per-test-input merge under augmentations on a real task.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -118,7 +120,7 @@ def small_prompt(*cells: int) -> np.ndarray:
     return encode([], np.array([list(cells)], dtype=np.uint8), TM).ids
 
 
-def brute_force(fn, prompt, max_new: int, threshold: float, *, grammar: bool, renormalize: bool = False):
+def brute_force(fn, prompt, max_new: int, threshold: float, *, grammar: bool, renormalize: bool = False, tm=TM):
     """Every answer-symbol sequence ending in the end token, of at most ``max_new`` tokens, with its
     exact logprob computed from ``fn`` directly; kept if above the threshold (and, with the grammar, if
     it parses). A prefix below the threshold is not expanded: log-probabilities only fall along a path.
@@ -132,7 +134,7 @@ def brute_force(fn, prompt, max_new: int, threshold: float, *, grammar: bool, re
         logp = logits - np.logaddexp.reduce(logits)
         end = seq + (END_ID,)
         if lp + logp[END_ID] >= math.log(threshold) and (
-                not grammar or isinstance(parse_answer(end, TM, require_end=True), np.ndarray)):
+                not grammar or isinstance(parse_answer(end, tm, require_end=True), np.ndarray)):
             out[end] = lp + logp[END_ID]
         if len(seq) + 2 <= max_new:
             for t in (t for t in SYMBOLS[:-1] if lp + logp[t] >= math.log(threshold)):
@@ -159,6 +161,36 @@ def test_dfs_returns_exactly_the_completions_above_threshold(seed, threshold, gr
     got = dfs(TableLM(fn), prompt, TM, threshold=threshold, max_new_tokens=5, grammar=grammar)
     assert_same(got, brute_force(fn, prompt, 5, threshold, grammar=grammar), threshold)
     assert [c.logprob for c in got] == sorted((c.logprob for c in got), reverse=True)
+
+
+# the compact vocabulary with rows newline-separated (as NVARC writes them): the end closes the last row
+SEPARATED = dataclasses.replace(TM, rows="separated")
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), threshold=st.floats(0.002, 0.3))
+def test_dfs_is_exact_with_separated_rows(seed, threshold):
+    """Brute force with the separated parser: the search keeps exactly the completions it accepts,
+    e.g. ``1 2 <E>`` and ``1 \\n 2 <E>``, never ``1 \\n <E>``."""
+    fn = random_fn(seed, end_bias=0.0)
+    prompt = encode([], np.array([[1, 2]], dtype=np.uint8), SEPARATED).ids
+    got = dfs(TableLM(fn), prompt, SEPARATED, threshold=threshold, max_new_tokens=5)
+    assert_same(got, brute_force(fn, prompt, 5, threshold, grammar=True, tm=SEPARATED), threshold)
+    assert all(isinstance(parse_answer(c.ids, SEPARATED, require_end=True), np.ndarray) for c in got)
+
+
+def test_separated_grammar_by_hand():
+    from arcttt.search import END, NEWLINE, _advance, _allowed
+
+    state = (0, 0, 0)
+    assert _allowed(state, True) == list(range(10))            # an answer starts with a cell
+    state = _advance(state, 3)
+    assert _allowed(state, True) == [*range(10), NEWLINE, END]  # one cell: go on, next row, or end
+    state = _advance(_advance(state, NEWLINE), 4)              # second row, as wide as the first
+    assert _allowed(state, True) == [NEWLINE, END]
+    assert _allowed(_advance(state, NEWLINE), True) == [*range(10)]  # never an empty row, never "\\n<E>"
+    thirty = (1, 1, 29)                                          # the 30th row open: it can only end
+    assert _allowed(thirty, True) == [END] and NEWLINE in _allowed(thirty, False)
 
 
 def test_legacy_tuple_caches_work_one_view_at_a_time():

@@ -222,3 +222,21 @@ def test_choose_attempts_fills_in_with_distinct_defaults():
     assert [a.tolist() for a in choose_attempts([same_as_d1], d1, d2)] == [d1, d2]
     other = ScoredCandidate(Candidate(np.array([[5]], dtype=np.uint8), [("id", -1.0)]), -1.0, rank=(-1.0,))
     assert [a.tolist() for a in choose_attempts([other], d1, d2)] == [[[5]], d1]
+
+
+def test_nvarc_score_is_hits_minus_mean_nll():
+    """NVARC's choice, by hand: hits - mean NLL over the views (poe: sum of logprobs + log hits)."""
+    from arcttt.select import candidate_score
+
+    a = Candidate(np.zeros((1, 1), np.uint8), [("id", -0.5), ("rot90", -0.7), ("flipH", -0.9)])  # 3 hits
+    b = Candidate(np.ones((1, 1), np.uint8), [("id", -0.1)])                                   # 1 hit
+    nvarc, poe = SelectConfig(method="nvarc"), SelectConfig(method="poe")
+    assert candidate_score(a, [-1.0, -2.0], nvarc) == pytest.approx(3 - 1.5)
+    assert candidate_score(b, [-0.2, -0.4], nvarc) == pytest.approx(1 - 0.3)
+    assert candidate_score(a, [-1.0, -2.0], poe) == pytest.approx(-3.0 + math.log(3))
+    assert candidate_score(a, [], nvarc) == pytest.approx(3 - 0.5)  # no view scored: the search's best
+    ranked = select.rank([ScoredCandidate(b, candidate_score(b, [-0.2, -0.4], nvarc)),
+                   ScoredCandidate(a, candidate_score(a, [-1.0, -2.0], nvarc))], nvarc)
+    assert [s.candidate for s in ranked] == [a, b]
+    with pytest.raises(ValueError, match="'poe', 'vote' or 'nvarc'"):
+        SelectConfig(method="best")
