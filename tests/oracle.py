@@ -1,9 +1,10 @@
 """A test-only stand-in model that knows the answers: it reads the query grid of a prompt (in any
 format), finds which of its known test inputs that is and under which symmetry and colour
 permutation (checked against the prompt's demonstrations), and puts nearly all probability on the
-true answer under that same augmentation, token by token. With ``noise``, some views (chosen by a
-hash of the prompt) prefer a plausible wrong answer (the truth with one cell recoloured) and give
-the truth less probability.
+true answer under that same augmentation, token by token. With ``noise``, that fraction of views
+(chosen by a hash of the prompt) prefer a plausible wrong answer (the truth with one cell
+recoloured) and give the truth only ``truth_p_noisy``; ``wrong_p_clean`` gives the wrong answer
+some probability in the other views too.
 
 It speaks the Hugging Face causal-LM call (``input_ids``, ``attention_mask``, ``position_ids``,
 ``past_key_values``, ``use_cache``, ``logits_to_keep`` -> ``.logits``, ``.past_key_values``) with a
@@ -97,10 +98,10 @@ class Oracle(torch.nn.Module):
     """See the module docstring. ``tasks`` must hold their test outputs."""
 
     def __init__(self, tasks: list[Task], tm: TokenMap, vocab_size: int, *, noise: float = 0.0,
-                 truth_logprob_when_noisy: float = float(np.log(0.3)), seed: int = 0):
+                 truth_p_noisy: float = 0.3, wrong_p_clean: float = 0.0, seed: int = 0):
         super().__init__()
         self.tasks, self.tm, self.vocab_size = tasks, tm, vocab_size
-        self.noise, self.noisy_truth_lp, self.seed = noise, truth_logprob_when_noisy, seed
+        self.noise, self.truth_p_noisy, self.wrong_p_clean, self.seed = noise, truth_p_noisy, wrong_p_clean, seed
         self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
         self.config = SimpleNamespace(use_cache=True, vocab_size=vocab_size)
         self._answers: dict[bytes, list[tuple[np.ndarray, float]]] = {}
@@ -123,14 +124,15 @@ class Oracle(torch.nn.Module):
                     m = _colour_map(Augmentation(sym).grid(inp), parsed.query, {})
                     if m is None or not self._demos_agree(task, sym, m, parsed):
                         continue
-                    truth = _apply(out, sym, m)
-                    if not self._noisy(prompt):
-                        return [(answer_ids(truth, self.tm), 0.0)]
-                    wrong = np.array(out, copy=True)  # the same wrong grid in every noisy view
+                    truth = answer_ids(_apply(out, sym, m), self.tm)
+                    wrong = np.array(out, copy=True)  # the same wrong grid (in the task's frame) in every view
                     wrong[0, 0] = (wrong[0, 0] + 1) % 10
-                    wrong = _apply(wrong, sym, m)
-                    return [(answer_ids(wrong, self.tm), float(np.log1p(-np.exp(self.noisy_truth_lp)))),
-                            (answer_ids(truth, self.tm), self.noisy_truth_lp)]
+                    wrong = answer_ids(_apply(wrong, sym, m), self.tm)
+                    p_truth = self.truth_p_noisy if self._noisy(prompt) else 1.0 - self.wrong_p_clean
+                    beliefs = [(truth, float(np.log(p_truth)))]
+                    if p_truth < 1.0:
+                        beliefs.append((wrong, float(np.log1p(-p_truth))))
+                    return sorted(beliefs, key=lambda b: -b[1])
         return []
 
     def _demos_agree(self, task: Task, sym: str, m: dict[int, int], parsed: _Parsed) -> bool:
@@ -168,9 +170,11 @@ class Oracle(torch.nn.Module):
         n_new = input_ids.shape[1]
         keep = n_new if not logits_to_keep else min(int(logits_to_keep), n_new)
         rows = []
+        k = len(self.tm.output)
         for row in full.tolist():
-            last_out = max((i + len(self.tm.output) for i in range(len(row) - len(self.tm.output) + 1)
-                            if tuple(row[i:i + len(self.tm.output)]) == self.tm.output), default=None)
+            # the end of the last output marker: scanning back from the end (the answer is short)
+            last_out = next((i + k for i in range(len(row) - k, -1, -1) if tuple(row[i:i + k]) == self.tm.output),
+                            None)
             beliefs = self.answers(row[:last_out]) if last_out is not None else []
             start = last_out if last_out is not None else len(row) + 1
             rows.append(torch.stack([self._next_logits(row, t, start, beliefs)

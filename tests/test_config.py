@@ -70,3 +70,26 @@ def test_auto_is_this_machines_preset():
     from arcttt.kaggle import choose_preset
 
     assert load_config("auto").preset == choose_preset()
+
+
+def test_published_recipes_are_the_facts():
+    """The presets of the published checkpoints, value by value from their teams' code
+    (shared/FIELD-NOTES.md), written here by hand."""
+    nv = load_config("nvarc-l4x4")
+    assert (nv.model.format, nv.model.dtype, nv.model.load_in_4bit, nv.model.gradient_checkpointing,
+            nv.model.max_seq_len) == ("nvarc", "bf16", False, False, 8192)
+    lora = nv.model.lora
+    assert (lora.rank, lora.alpha, lora.use_rslora, lora.lora_embeddings) == (256, 32, True, True)
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (nv.ttt.lr, nv.ttt.warmup_frac, nv.ttt.max_batch_size, nv.ttt.steps, nv.data.n_sequences) == \
+        (5e-5, 0.1, 1, 128, 128)
+    assert (nv.data.keep_background, nv.data.loss_on_demo_outputs, nv.data.loss_on_first_output) == (False, True, True)
+    assert (nv.search.n_augmentations, nv.search.threshold, nv.select.n_views, nv.select.method) == \
+        (16, 0.2, 8, "nvarc")
+    for name, dtype in (("architects-t4x2", "fp16"), ("architects-l4x4", "bf16")):
+        ar = load_config(name)
+        assert (ar.model.format, ar.model.load_in_4bit, ar.model.dtype) == ("architects", True, dtype)
+        assert (ar.model.lora.rank, ar.model.lora.alpha, ar.ttt.max_batch_size, ar.data.n_sequences) == (32, 16, 1, 64)
+        assert (ar.data.loss_on_demo_outputs, ar.data.loss_on_first_output) == (True, False)  # first output masked
+        assert (ar.select.method, ar.select.hits_weight, ar.search.n_augmentations) == ("poe", 0.0, 16)
+        assert 0.09 <= ar.search.threshold <= 0.17
