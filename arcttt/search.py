@@ -183,6 +183,11 @@ def last_logits_kwargs(model: torch.nn.Module) -> dict:
     return {"logits_to_keep": 1} if takes else {}
 
 
+def positions(start: int, n: int, device, rows: int = 1) -> torch.Tensor:
+    """Position ids ``start .. start + n - 1`` for ``rows`` rows: int64 [rows, n]."""
+    return torch.arange(start, start + n, device=device).expand(rows, n)
+
+
 def _symbol_logprobs(logits: torch.Tensor, symbol_ids: torch.Tensor) -> np.ndarray:
     """Log-probabilities of the answer symbols from the logits of one position per row:
     float64 [rows, 12] on the host (the search's one device sync per step)."""
@@ -287,7 +292,10 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[
                 opts: dict, deadline: float | None, stats: SearchStats) -> list[tuple[list[int], float]]:
     device = symbol_ids.device
     ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
-    out = model(input_ids=ids, use_cache=True, **last_logits_kwargs(model))
+    # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
+    # fails without them on a GPU); a cached call's positions continue the cache
+    out = model(input_ids=ids, position_ids=positions(0, ids.shape[1], device), use_cache=True,
+                **last_logits_kwargs(model))
     stats.forwards += 1
     cache, plen = out.past_key_values, ids.shape[1]
     found: list[tuple[list[int], float]] = []
@@ -299,7 +307,8 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[
             break
         depth, sym = req
         cache = _crop_to(cache, plen + depth)
-        out = model(input_ids=feed[sym], past_key_values=cache, use_cache=True)
+        out = model(input_ids=feed[sym], position_ids=positions(plen + depth, 1, device), past_key_values=cache,
+                    use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
         stats.tokens_fed += 1

@@ -40,7 +40,7 @@ import torch
 from arcttt.augment import Augmentation
 from arcttt.data import Task
 from arcttt.formats import TokenMap, answer_ids
-from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device
+from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device, positions
 
 
 @dataclass
@@ -115,7 +115,8 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
     out_lp = np.zeros(len(answers))
     with inference(model):
         ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
-        out = model(input_ids=ids, use_cache=True, **last_logits_kwargs(model))
+        plen = ids.shape[1]
+        out = model(input_ids=ids, position_ids=positions(0, plen, device), use_cache=True, **last_logits_kwargs(model))
         first = torch.log_softmax(out.logits[0, -1].float(), -1)
         prompt_cache = out.past_key_values
         starts = range(0, len(answers), batch_size)
@@ -133,8 +134,10 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
                 for r, a in enumerate(batch):
                     inp[r, :len(a) - 1] = a[:-1]
                 cache = _expanded(prompt_cache, len(batch), keep=s + batch_size < len(answers))
+                # the answers continue the prompt: explicit positions after it (a multi-token call on a
+                # cache must not be taken for a fresh sequence, nor for unsloth's one-token decode)
                 logits = model(input_ids=torch.from_numpy(inp).to(device), past_key_values=cache,
-                               use_cache=True).logits
+                               position_ids=positions(plen, longest - 1, device, len(batch)), use_cache=True).logits
                 for r, a in enumerate(batch):  # row by row: one row's float32 log-softmax at a time
                     n = len(a) - 1
                     if n:

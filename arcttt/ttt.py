@@ -153,7 +153,9 @@ def batch_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
     # [b, n, vocab] tensor over the prompt when the vocabulary is large)
     first = int(targets.any(0).nonzero()[0]) - 1
     keep = ids.shape[1] - first
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+    # right-padded rows: positions 0.. from each row's start, explicit on every forward
+    pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
     logits = logits[:, -keep:-1] if keep > 1 else logits[:, :0]
     labels = ids[:, first + 1:]
     picked = targets[:, first + 1:]

@@ -97,7 +97,7 @@ def test_show_prompt_matches_the_peers_rendering(fmt, reference, eval_files, nva
     for task_id, k in ((single, 0), (multi, 0), (multi, 1)):
         args = [task_id, "--challenges", challenges, "--model", model, "--solutions", solutions, "--test", k,
                 "--max-len", 100_000]
-        got = _show(capsys, *args, *(["--format", fmt] if fmt == "architects" else []))  # nvarc: detected
+        got = _show(capsys, *args, "--format", fmt)
         text, answer = reference(tasks[task_id], k)
         assert got["prompt_ids"] == raw.encode(text, add_special_tokens=False).ids
         assert got["answer_ids"] == raw.encode(answer, add_special_tokens=False).ids
