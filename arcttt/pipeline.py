@@ -103,6 +103,8 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> d
 def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phases, *,
                        search_end: float, select_end: float) -> dict:
     """Search, score and choose the two attempts for test input ``i``."""
+    import torch
+
     from arcttt.search import SearchStats, search_session, view_augmentations
     from arcttt.select import choose_attempts, score_session
     from arcttt.ttt_data import test_prompts
@@ -114,16 +116,27 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
                                   seed=cfg.search.seed)
         views = test_prompts(task, i, tm, augs, cfg.data.max_len)
         candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats)
+    select_error = None
     with phase("select"):
         augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
                                   seed=cfg.select.seed)
         views = test_prompts(task, i, tm, augs, cfg.data.max_len)
-        scored = score_session(session, task, i, candidates, views, cfg.select, deadline=select_end)
+        try:
+            scored = score_session(session, task, i, candidates, views, cfg.select, deadline=select_end)
+        except torch.OutOfMemoryError as e:
+            # the search's candidates survive: ranked by their hits and search logprob, no views scored
+            torch.cuda.empty_cache()
+            select_error = f"out of memory in scoring: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            log.warning("task %s test %d: %s; ranking by the search alone", task.id, i, select_error)
+            scored = score_session(session, task, i, candidates, [], cfg.select, deadline=select_end)
         attempts = choose_attempts(scored, *defaults)  # the cheap guesses fill in
-    return {"attempts": [grid_to_list(a) for a in attempts],
-            "candidates": [c.to_json() for c in scored[:cfg.select.keep_candidates]],
-            "search": {"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
-                       "timed_out": stats.timed_out}}
+    out = {"attempts": [grid_to_list(a) for a in attempts],
+           "candidates": [c.to_json() for c in scored[:cfg.select.keep_candidates]],
+           "search": {"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
+                      "timed_out": stats.timed_out, "oom": stats.oom}}
+    if select_error:
+        out["error"] = select_error
+    return out
 
 
 def failed_result(task_id: str, status: str, error: str, worker: int | None, start: float) -> dict:

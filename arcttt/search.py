@@ -113,6 +113,7 @@ class SearchStats:
     tokens_fed: int = 0     # answer tokens fed one by one after the prompts (summed over rows)
     completions: int = 0
     timed_out: bool = False
+    oom: bool = False       # out of memory: the views searched before it keep their completions
     seconds: float = 0.0
 
 
@@ -437,11 +438,17 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                 stats.timed_out = True
                 break
             got = None
-            if len(group) > 1:
-                got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
-                                    np.asarray(answer_ids), opts, deadline, stats)
-            if got is None:
-                got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats) for i in group]
+            try:
+                if len(group) > 1:
+                    got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
+                                        np.asarray(answer_ids), opts, deadline, stats)
+                if got is None:
+                    got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats) for i in group]
+            except torch.OutOfMemoryError:
+                stats.oom = True  # what the earlier groups found stands; the caller sees the flag
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                break
             for i, f in zip(group, got):
                 results[i] = f
     stats.views += len(prompts)

@@ -104,3 +104,46 @@ def test_gradient_checkpointing_follows_the_config(tiny_model_dir):
         s.train_mode()
         assert s.model.get_base_model().is_gradient_checkpointing is on
         s.eval_mode()
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Calls the inner model, but raises CUDA's out-of-memory error on the calls it is told to."""
+
+    def __init__(self, inner, fail):
+        super().__init__()
+        self.inner, self.fail, self.n = inner, fail, 0
+
+    def forward(self, **kwargs):
+        self.n += 1
+        if self.fail(self.n, kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.70 GiB")
+        return self.inner(**kwargs)
+
+
+def test_candidates_survive_an_oom_in_search_and_in_scoring(tiny_session, arc1_eval):
+    """Views searched before an OOM keep their candidates; an OOM in scoring ranks them by the
+    search alone instead of throwing them away."""
+    from arcttt.pipeline import _answer_test_input, _Phases
+    from arcttt.submission import fallback_attempts
+
+    task = arc1_eval[0]
+    cfg = load_config("cpu-smoke", ["search.n_augmentations=3", "search.batch_views=false", "select.n_views=2"])
+    # a prefill (no cache) of the third view in the search, then any cached call in scoring
+    prefills = []
+
+    def fail(n, kw):
+        if kw.get("past_key_values") is None and kw["input_ids"].shape[1] > 1:
+            prefills.append(n)
+        in_scoring = kw.get("past_key_values") is not None and kw["input_ids"].shape[1] > 1
+        return len(prefills) == 3 and prefills[-1] == n or in_scoring
+
+    session = dataclasses.replace(tiny_session, model=RunsOutOfMemory(tiny_session.model, fail),
+                                  snapshot={f"inner.{k}": v for k, v in tiny_session.snapshot.items()})
+    now = time.time()
+    out = _answer_test_input(session, task, 0, cfg, fallback_attempts(task)[0], _Phases(),
+                             search_end=now + 300, select_end=now + 600)
+    assert out["search"]["oom"] and out["search"]["views"] == 3
+    assert out["candidates"] and "out of memory in scoring" in out["error"]
+    assert all(c["view_logprobs"] == [] for c in out["candidates"])  # ranked by the search alone
+    found = {k for c in out["candidates"] for k, _ in c["found"]}
+    assert len(found) == 2  # the two views searched before the OOM
