@@ -155,7 +155,7 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["preset"] == "cpu-smoke"
     assert "score:" in capsys.readouterr().out
     # the run calibrates the planner: per-token costs measured in it
-    from arcttt.budget import plan_report
+    from arcttt.plan import plan_report
 
     plan = plan_report(out / "data" / "arc-agi_evaluation_challenges.json", "cpu-smoke", calibration=out)
     assert f"measured in {out}" in plan and "3 tasks" in plan
