@@ -39,7 +39,7 @@ from arcttt.data import Challenges, Task, grid_to_list, load_challenges, log_rej
 from arcttt.hardware import visible_gpus
 from arcttt.records import (SCHEMA_VERSION, Phase, TaskResult, TestResult, TTTResult, config_hash, model_hash,
                             task_file_name, task_hash)
-from arcttt.rundir import RunDirError, RunLock, claim, record_files
+from arcttt.rundir import RunLock, claim, record_files
 from arcttt.submission import SubmissionError, SubmissionWriter, atomic_write_json, load_submission, validate_submission
 
 log = logging.getLogger("arcttt.pipeline")
@@ -67,7 +67,8 @@ class RunWriteError(Exception):
 
 def write_fault(e: OSError) -> str:
     """An OSError as one line naming the path: ``cannot write X: No space left on device``."""
-    where = f" {e.filename}" if e.filename else ""
+    name = e.filename2 or e.filename  # os.replace(tmp, path) names the target second
+    where = f" {name}" if name else ""
     return f"cannot write{where}: {e.strerror or type(e).__name__}"
 
 
@@ -210,6 +211,7 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
 
     cfg = config_from_json(cfg_json)
     _log_to(Path(run_dir) / "log.txt", f"worker{wid}")
+    log.info("worker %d: pid %d", wid, os.getpid())
     # one load at a time (unsloth's imports and patching race); a file lock dies with its holder, so
     # a worker killed while loading blocks no one (and leaves no semaphore behind)
     with _file_lock(Path(run_dir) / LOAD_LOCK, LOAD_LOCK_TIMEOUT_S):

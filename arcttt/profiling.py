@@ -25,7 +25,7 @@ from typing import Any
 
 from arcttt.data import shown
 from arcttt.records import NO_ANSWER, OTHER, Phase, RecordError, TaskResult  # noqa: F401 - re-exported
-from arcttt.rundir import RunDirError, require_run_dir
+from arcttt.rundir import RunDirError, require_run_dir  # noqa: F401 - RunDirError re-exported
 
 PHASES = ("data", "ttt", "search", "select")
 PHASE_COLOURS = {"data": "#9e9e9e", "ttt": "#1f77b4", "search": "#ff7f0e", "select": "#2ca02c",

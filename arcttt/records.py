@@ -148,6 +148,8 @@ class TestResult:
     """One test input's answer: the two attempts (grids as lists), the top candidates as the
     selection scored them (``select.Scored.to_json``), search counters, and an error if it failed."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     attempts: list = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
     search: dict = field(default_factory=dict)

@@ -65,7 +65,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     itself survives a power cut. On any failure the temporary file is removed and the error raised.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file reads like any other
         # dumps, not dump: json.dump streams through the pure-Python encoder, about 10x slower

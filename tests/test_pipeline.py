@@ -25,7 +25,12 @@ FAST = ["ttt.steps=2", "data.n_sequences=4", "budget.hang_grace_s=5", "budget.ha
 
 
 def results(run_dir: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (run_dir / "tasks").glob("*.json")}
+    """Task id -> record, read from the files (named by records.task_file_name, keyed here by the id inside)."""
+    out = {}
+    for p in (run_dir / "tasks").glob("*.json"):
+        r = json.loads(p.read_text())
+        out[r["task_id"]] = r
+    return out
 
 
 def assert_valid(submission: Path, challenges: Path) -> dict:
@@ -85,7 +90,8 @@ def test_sigkill_then_resume_skips_finished_tasks(tiny_model_dir, eval_files, tm
     assert_valid(out, challenges)  # never half-written
     before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "tasks").glob("*.json")
               if json.loads(p.read_text())["status"] == "ok"}
-    summary = run(challenges, tiny_model_dir, out, run_dir=run_dir, time_budget=300, overrides=FAST, progress=False)
+    summary = run(challenges, tiny_model_dir, out, run_dir=run_dir, time_budget=300, overrides=FAST, progress=False,
+                  resume=True)
     assert summary["resumed"] >= len(before)
     after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "tasks").glob("*.json")}
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished task was redone"
