@@ -202,6 +202,10 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
     the middle of a message can then corrupt only its own channel, which dies with it. The main
     process alone handles SIGINT (a Ctrl-C reaches the whole process group) and stops the workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # exit through Python: its semaphores are cleaned up
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # progress bars (model loading) without a multiprocessing semaphore
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from arcttt.model import load_model, set_offline_env
@@ -260,6 +264,10 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
             log.error("worker %d: the GPU is unusable after %s; exiting so that a fresh worker replaces it",
                       wid, result.error)
             os._exit(1)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _send(conn, msg) -> bool:
@@ -587,6 +595,7 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg_json: dict, hashes: dict, mo
                 break  # all done, or no worker left to do the rest
     except RunStopped as e:
         stopped = e
+        log.warning("run stopped by %s: stopping the workers; unfinished tasks keep their defaults", e.name)
         raise
     finally:
         bar.close()
@@ -676,12 +685,12 @@ def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, ru
 
 
 def _stop(pool: dict, grace: float = STOP_RESERVE_S / 2, clock=time.monotonic) -> None:
-    """Stop every worker within about ``grace`` + 1 s, however many there are: busy ones are killed
-    and idle ones asked to exit, all at once; then one shared wait; then whoever is left is killed,
-    again all at once, and waited for once more."""
+    """Stop every worker within about ``grace`` + 1 s, however many there are: busy ones get SIGTERM
+    (they exit through Python, cleaning up) and idle ones are asked to exit, all at once; then one
+    shared wait; then whoever is left is killed, again all at once, and waited for once more."""
     for w in pool.values():
         if w.state == "busy":
-            w.proc.kill()
+            w.proc.terminate()
         elif w.proc.is_alive() and not w.conn.closed:
             with contextlib.suppress(OSError):
                 w.conn.send(None)
