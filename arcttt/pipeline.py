@@ -166,8 +166,17 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
                               "timed_out": stats.timed_out})
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """An error for a record or a message: its first line, cut at ``limit`` characters (with the size)."""
+    lines = str(text).strip().splitlines() or [""]
+    first = lines[0]
+    if len(first) > limit or len(lines) > 1:
+        first = f"{first[:limit]}... ({len(str(text)):,} chars)"
+    return first
+
+
 def failed_result(task_id: str, status: str, error: str, worker: int | None, start: float) -> TaskResult:
-    return TaskResult(task_id, status, error=error, worker=worker, start=start, end=time.time())
+    return TaskResult(task_id, status, error=one_line(error), worker=worker, start=start, end=time.time())
 
 
 def result_path(run_dir: Path, task_id: str) -> Path:
@@ -223,7 +232,7 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
             session = load_model(model_dir, cfg.model)
         except Exception as e:  # reported to the main process, which decides what to do
             log.error("worker %d: model failed to load: %s", wid, shown(str(e), 300))
-            _send(conn, ("load_failed", wid, f"{type(e).__name__}: {e}"))
+            _send(conn, ("load_failed", wid, one_line(f"{type(e).__name__}: {e}")))
             return
     if not _send(conn, ("ready", wid, None)):
         return

@@ -331,3 +331,39 @@ def test_design_run_folder_section_matches_the_record(tmp_path):
                  "submission.json", ".lock", "tasks/"):
         assert name in section, name
     assert " | ".join(STATUSES) in section
+
+
+# --- the small things ------------------------------------------------------------------------------
+
+def test_files_read_like_any_other(tmp_path):
+    import stat
+
+    from arcttt.submission import atomic_write_json
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_json(tmp_path / "x.json", {})
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_summary_never_says_minus_zero():
+    from arcttt.cli import _summary_line
+
+    line = _summary_line({"tasks": 1, "answered": 0, "resumed": 0, "failed": 0, "rejected": 1, "unstarted": 0,
+                          "seconds": 1.0, "margin_s": -0.3}, Path("s.json"))
+    assert "-0" not in line and ", 0 s left" in line
+
+
+def test_data_stats_prints_rounded_figures(capsys):
+    code, out, _ = cli(["data", "stats", "--split", "arc-agi-2-eval"], capsys)
+    assert code == 0 and "cells_p90" in out and not re.search(r"\d\.\d{3,}", out)
+
+
+def test_validate_output_is_bounded(tmp_path, capsys):
+    chal = write_challenges(tmp_path / "c.json", {"a": {"train": [{"input": [[1]], "output": [[1]]}],
+                                                         "test": [{"input": [[1]]}]}})
+    sub = tmp_path / "s.json"
+    sub.write_text(json.dumps({"a": [{"attempt_1": [["x" * 5_000_000]], "attempt_2": [[1]]}],
+                               "new\nline" + "z" * 1000: []}))
+    code, out, _ = cli(["validate", str(sub), "--challenges", str(chal)], capsys)
+    assert code == 1 and len(out) < 600 and out.count("\n") == 2, out
