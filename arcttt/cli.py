@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run stops by itself and says so)
+        print("stopped by SIGINT", file=sys.stderr)
+        rc = 130
     except BrokenPipeError:  # e.g. `arcttt ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         rc = 0

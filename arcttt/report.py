@@ -35,7 +35,7 @@ LOG_TAIL_LINES = 60
 CATEGORIES = {  # filter key -> (button label, what it holds)
     "solved": ("Solved", "every test output right (either attempt equals the truth)"),
     "failed": ("Failed", "answered, but some test output wrong"),
-    "noanswer": ("Defaulted / timed out", "no answer of its own: status default, timeout, error, rejected "
+    "noanswer": ("Defaulted / timed out", "no answer of its own: status default, timeout, error, stopped, rejected "
                  "or no result file"),
     "unscored": ("Not scored", "answered, no solution given to score it"),
 }
