@@ -442,6 +442,8 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
             print(plan_report(challenges, config, calibration))
         except ConfigError as e:
             return _error(str(e))
+        except BrokenPipeError:  # `arcttt profile --plan ... | head`: main() handles it
+            raise
         except (RunDirError, OSError, KeyError, ValueError) as e:  # a calibration folder that is not a finished run
             return _error(f"calibration run {calibration}: {type(e).__name__}: {e}")
         return 0
