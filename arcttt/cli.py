@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run stops by itself and says so)
+        print("stopped by SIGINT", file=sys.stderr)
+        rc = 130
     except BrokenPipeError:  # e.g. `arcttt ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         rc = 0
@@ -231,14 +234,16 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
 
 def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", format: str | None = None,
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
-        set: list[str] | None = None, quiet: bool = False) -> int:
+        set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
     """Answer every task of a challenges file before the deadline and write submission.json.
 
     The submission is valid from the first second (default answers) and rewritten atomically as
-    tasks finish; each task's result goes to RUN_DIR/tasks/<id>.json; a run started again on the
-    same run directory skips the tasks already answered. Exit 0 when the run ended; 1 when the model
-    could not be loaded (the submission then holds the defaults); 2 for an unreadable challenges
-    file or a bad configuration.
+    tasks finish; each task's result goes to RUN_DIR/tasks/. A run folder holding another run's
+    results is refused unless --resume, which reuses the results whose task, config and model match.
+    Exit codes: 0 the run ended; 1 the model could not be loaded; 2 bad input or arguments (a bad
+    challenges file, configuration or time budget, a run folder in use or holding another run);
+    3 the run could not write a file; 130 / 143 stopped by SIGINT / SIGTERM. Whenever the out path is
+    writable it is left a valid submission (the default answers at least).
 
     Args:
         challenges: Kaggle challenges file (arc-agi_test_challenges.json).
@@ -248,38 +253,33 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", forma
             cpu-smoke; auto: the one for this machine's GPUs) or a JSON/YAML config file.
         format: The format the model was trained on (compact, chat, nvarc, architects), for a directory
             without arcttt.json (sets model.format; nvarc's tokenizer is recognised without it).
-        time_budget: Seconds for the whole run from now (overrides budget.time_budget_s).
-        workers: Worker processes (default: one per visible GPU, one on CPU).
+        time_budget: Seconds for the whole run from now, a positive number (overrides budget.time_budget_s).
+        workers: Worker processes (default: one per visible GPU, one on CPU; capped at the tasks and CPUs).
         run_dir: Folder for per-task results, config, log and profile (default: OUT's folder/arcttt-run).
         set: Override one config field, e.g. --set ttt.lr=5e-5 --set search.n_augmentations=16.
+        resume: Reuse the results already in RUN_DIR that match this run (same task, config and model).
         quiet: No progress bar.
     """
-    from arcttt.config import ConfigError
-    from arcttt.model import ModelLoadError
     from arcttt.pipeline import run as run_pipeline
 
-    try:
-        summary = run_pipeline(challenges, model, out, config=config, time_budget=time_budget,
-                               workers=workers, run_dir=run_dir, overrides=_with_format(set, format),
-                               progress=not quiet)
-    except ConfigError as e:
-        return _error(str(e))
-    except ModelLoadError as e:
-        print(f"error: {e}\n{out} holds the default answers.", file=sys.stderr)
-        return 1
-    print(_summary_line(summary, out))
-    return 0
+    if (message := _budget_fault(time_budget)) is not None:
+        return _error(message)
+    return _run_command(lambda: run_pipeline(challenges, model, out, config=config, time_budget=time_budget,
+                                             workers=workers, run_dir=run_dir, overrides=_with_format(set, format),
+                                             progress=not quiet, resume=resume), challenges, Path(out))
 
 
 def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model: Path | None = None,
             format: str | None = None, time_budget: float | None = None, config: str | None = None, workers: int | None = None,
-            set: list[str] | None = None, quiet: bool = False) -> int:
+            set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
     """Run on bundled tasks with known solutions, then score and report.
 
     Exports the first TASKS tasks of a bundled split, runs the pipeline on them and writes, in OUT:
     submission.json, score.json, report.html, timeline.png and the run files. With no --model it
     builds the tiny random model and uses the cpu-smoke preset, so it ends in a few minutes on a
-    CPU (a random model solves nothing: this checks the mechanics, not accuracy).
+    CPU (a random model solves nothing: this checks the mechanics, not accuracy). Run again on the
+    same OUT, it replaces the earlier dry run (so the profile and report show the new one), unless
+    --resume. Exit codes as for `arcttt run`.
 
     Args:
         out: Output folder.
@@ -287,30 +287,77 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         tasks: How many tasks of the split (the first by id).
         model: A prepared model directory (default: build the tiny random model).
         format: The format the model was trained on, for a directory without arcttt.json (see run).
-        time_budget: Seconds for the run (default: the preset's).
+        time_budget: Seconds for the run, a positive number (default: the preset's).
         config: A preset or config file (default: cpu-smoke for the tiny model, else auto: the preset for
             this machine's GPUs).
         workers: Worker processes (default: one per visible GPU, one on CPU).
         set: Override one config field, e.g. --set ttt.steps=16.
+        resume: Reuse the earlier dry run's results in OUT that match instead of replacing them.
         quiet: No progress bar.
     """
-    from arcttt.config import ConfigError
     from arcttt.data import SPLITS
-    from arcttt.model import ModelLoadError
     from arcttt.pipeline import dry_run as run_dry
 
     if split not in SPLITS:
         return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if tasks < 1:
+        return _error(f"--tasks must be at least 1, got {tasks}")
+    if (message := _budget_fault(time_budget)) is not None:
+        return _error(message)
+    rc = _run_command(lambda: run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
+                                      config=config, workers=workers, overrides=_with_format(set, format),
+                                      progress=not quiet, resume=resume), None, Path(out) / "submission.json")
+    return rc
+
+
+def _budget_fault(seconds: float | None) -> str | None:
+    from arcttt.pipeline import check_time_budget
+
     try:
-        summary = run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
-                          config=config, workers=workers, overrides=_with_format(set, format),
-                          progress=not quiet)
-    except ConfigError as e:
+        check_time_budget(seconds)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _run_command(call, challenges: Path | None, out: Path) -> int:
+    """Run ``call`` (a run or a dry run), print its summary, and turn its faults into one line and
+    the documented exit code, leaving ``out`` a valid submission where it can be written."""
+    from arcttt.pipeline import RunStopped, RunWriteError, leave_valid_submission
+    from arcttt.rundir import RunDirError
+
+    def left() -> str:
+        return leave_valid_submission(challenges, out) if challenges is not None else \
+            (f"{out} holds a valid submission" if out.is_file() else "no submission written")
+
+    try:
+        summary = call()
+    except RunStopped as e:
+        print(f"stopped by {e.name}: {left()}", file=sys.stderr)
+        return e.exit_code
+    except RunWriteError as e:
+        print(f"error: {e}; {left()}", file=sys.stderr)
+        return 3
+    except RunDirError as e:
         return _error(str(e))
-    except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(_summary_line(summary, Path(out) / "submission.json"))
+    except Exception as e:
+        from arcttt.config import ConfigError
+        from arcttt.model import ModelLoadError
+
+        if isinstance(e, ModelLoadError):
+            print(f"error: {e}; {left()}", file=sys.stderr)
+            return 1
+        if isinstance(e, ConfigError):
+            return _error(str(e))
+        raise
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    print(_summary_line(summary, out))
+    if summary.get("write_errors"):
+        first = summary["write_errors"][0]
+        print(f"error: {len(summary['write_errors'])} writes failed (first: {first}); {out} holds the last "
+              f"valid submission", file=sys.stderr)
+        return 3
     if "score" in summary:
         s = summary["score"]
         print(f"score: {s['score']:.4f} ({s['correct']}/{s['total']} test outputs); "
@@ -323,10 +370,14 @@ def _with_format(overrides: list[str] | None, format: str | None) -> list[str]:
 
 
 def _summary_line(summary: dict, out: Path) -> str:
+    redone = summary.get("redone") or {}
+    why = f" ({sum(redone.values())} redone: " + ", ".join(f"{n} {k}" for k, n in redone.items()) + ")" \
+        if redone else ""
+    margin = round(summary["margin_s"])  # an int: never "-0"
     return (f"wrote {out}: {summary['tasks']} tasks, {summary['answered']} answered, "
-            f"{summary['resumed']} resumed, {summary['failed']} failed, {summary['rejected']} rejected, "
+            f"{summary['resumed']} resumed{why}, {summary['failed']} failed, {summary['rejected']} rejected, "
             f"{summary['unstarted']} not started; {summary['seconds']:.0f} s, "
-            f"{summary['margin_s']:.0f} s left before the deadline")
+            f"{margin} s left before the deadline")
 
 
 # --- report, profiling ----------------------------------------------------------------------------
@@ -338,8 +389,9 @@ def report(run_dir: Path, *, solutions: Path | None = None) -> int:
     browser; it needs no network.
 
     Args:
-        run_dir: A run directory written by `arcttt run` or `arcttt dry-run`.
-        solutions: Kaggle solutions file ({id: [grid, ...]}); adds the score and the truths.
+        run_dir: A run folder written by `arcttt run` or `arcttt dry-run` (anything else: exit 2).
+        solutions: Kaggle solutions file ({id: [grid, ...]}); adds the score and the truths (default: the
+            one the run recorded, as a dry run does).
     """
     from arcttt.data import TaskError
     from arcttt.profiling import RunDirError
@@ -445,14 +497,17 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
     if plan:
         if challenges is None:
             return _error("--plan needs --challenges FILE")
-        from arcttt.budget import plan_report
         from arcttt.config import ConfigError
+        from arcttt.plan import plan_report
+        from arcttt.rundir import RunDirError
 
         try:
             print(plan_report(challenges, config, calibration))
         except ConfigError as e:
             return _error(str(e))
-        except (OSError, KeyError, ValueError) as e:  # a calibration directory that is not a finished run
+        except BrokenPipeError:  # `arcttt profile --plan ... | head`: main() handles it
+            raise
+        except (RunDirError, OSError, KeyError, ValueError) as e:  # a calibration folder that is not a finished run
             return _error(f"calibration run {calibration}: {type(e).__name__}: {e}")
         return 0
     if run_dir is None:

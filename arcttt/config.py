@@ -165,11 +165,11 @@ def preset(name: str) -> RunConfig:
 
 
 def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = ()) -> RunConfig:
-    """A preset by name (``auto``: the one for this machine's GPUs, see ``kaggle.choose_preset``), or
+    """A preset by name (``auto``: the one for this machine's GPUs, see ``hardware.choose_preset``), or
     a JSON/YAML file (optionally naming a ``preset`` to start from), then ``key=value`` overrides
     with dotted keys (``ttt.lr=5e-5``, ``budget.order=given``)."""
     if str(config) == "auto":
-        from arcttt.kaggle import choose_preset
+        from arcttt.hardware import choose_preset
 
         config = choose_preset()
     if str(config) in PRESETS:
@@ -178,7 +178,10 @@ def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = (
         path = Path(config)
         if not path.is_file():
             raise ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}, auto) nor a file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path}: cannot read ({getattr(e, 'strerror', None) or 'not UTF-8 text'})") from None
         try:
             obj = json.loads(text) if path.suffix == ".json" else _yaml(text)
         except ValueError as e:

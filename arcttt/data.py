@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -112,7 +113,7 @@ def parse_grid(obj: Any, where: str = "grid") -> np.ndarray:
         for c, v in enumerate(row):
             # bool is an int subclass and numpy bools are not Integral: both are refused here
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise GridError(f"{where}[{r}][{c}]: value {v!r} is not an integer")
+                raise GridError(f"{where}[{r}][{c}]: value {shown(v)} is not an integer")
             if not 0 <= v <= 9:
                 raise GridError(f"{where}[{r}][{c}]: value {v} outside 0-9")
     return np.array(obj, dtype=np.uint8)
@@ -121,6 +122,48 @@ def parse_grid(obj: Any, where: str = "grid") -> np.ndarray:
 def _describe(obj: Any) -> str:
     text = repr(obj)
     return text if len(text) <= 40 else f"{type(obj).__name__} {text[:30]}..."
+
+
+MESSAGE_CHARS = 80
+
+
+def shown(value: Any, limit: int = MESSAGE_CHARS) -> str:
+    """``repr(value)`` for a one-line message: cut at ``limit`` characters, then with its type and
+    size, so a 10 MB value cannot flood a log and a newline in an id cannot split a line."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails (an int too long to print) is still shown
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict)) else f"{len(text):,} chars"
+    return f"{text[:limit]}... ({type(value).__name__}, {size})"
+
+
+def show_id(task_id: Any) -> str:
+    """A task id for a message: as is when it is plain (letters, digits, ``_.-``, at most 80), else
+    :func:`shown` (quoted, escaped, cut), so an id cannot split or flood a line."""
+    if isinstance(task_id, str) and 0 < len(task_id) <= MESSAGE_CHARS and _PLAIN_ID.fullmatch(task_id):
+        return task_id
+    return shown(task_id)
+
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class LongInt(str):
+    """A JSON integer too long for Python to convert (over ``sys.get_int_max_str_digits()`` digits):
+    kept as its text so that the task holding it is rejected with a message, not a traceback."""
+
+    def __repr__(self) -> str:
+        return f"<integer of {len(self.lstrip('-')):,} digits>"
+
+
+def _parse_int(text: str) -> int | LongInt:
+    try:
+        return int(text)
+    except ValueError:
+        return LongInt(text)
 
 
 def grid_to_list(grid: np.ndarray) -> list[list[int]]:
@@ -165,7 +208,7 @@ def parse_task(task_id: str, raw: Any, solutions: list[Any] | None = None) -> Ta
                 raise GridError(f"{len(solutions)} solutions for {len(tests)} test inputs")
             outputs = tuple(parse_grid(g, f"solution[{i}]") for i, g in enumerate(solutions))
     except GridError as e:
-        raise TaskError(f"task {task_id}: {e}") from None
+        raise TaskError(f"task {show_id(task_id)}: {e}") from None
     return Task(task_id, tuple(train), tuple(tests), outputs)
 
 
@@ -177,7 +220,12 @@ def read_json(path: str | Path, what: str) -> Any:
     except OSError as e:
         raise DataFileError(f"{what} file {path}: cannot read ({e.strerror or e})") from None
     try:
-        return json.loads(data)  # bytes: json detects UTF-8/16/32 itself
+        try:
+            return json.loads(data)  # bytes: json detects UTF-8/16/32 itself
+        except ValueError as e:  # an integer over Python's digit limit: parse again, keeping it as text
+            if isinstance(e, json.JSONDecodeError) or "digits" not in str(e):
+                raise
+            return json.loads(data, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise DataFileError(f"{what} file {path}: not JSON ({e.msg} at line {e.lineno})") from None
     except UnicodeDecodeError:
@@ -228,11 +276,11 @@ def load_solutions(path: str | Path) -> dict[str, list[np.ndarray]]:
     out = {}
     for task_id, grids in data.items():
         if not isinstance(grids, list) or not grids:
-            raise TaskError(f"task {task_id}: solutions are not a non-empty list of grids")
+            raise TaskError(f"task {show_id(task_id)}: solutions are not a non-empty list of grids")
         try:
             out[task_id] = [parse_grid(g, f"solution[{i}]") for i, g in enumerate(grids)]
         except GridError as e:
-            raise TaskError(f"task {task_id}: {e}") from None
+            raise TaskError(f"task {show_id(task_id)}: {e}") from None
     return out
 
 
@@ -301,7 +349,7 @@ def split_stats(tasks: list[Task], name: str) -> SplitStats:
         test_outputs=sum(t.n_test for t in tasks),
         multi_output_tasks=sum(t.n_test > 1 for t in tasks),
         max_side=max(sides),
-        cells_median=float(np.median(cells)),
-        cells_p90=float(np.percentile(cells, 90)),
+        cells_median=round(float(np.median(cells)), 1),
+        cells_p90=round(float(np.percentile(cells, 90)), 1),  # not 5474.200000000002
         cells_max=int(cells.max()),
     )

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
+from arcttt.hardware import Gpu, choose_preset, detect_gpus  # noqa: F401 - part of this module's interface
+
 TEST_CHALLENGES = "arc-agi_test_challenges.json"
 EVAL_CHALLENGES = "arc-agi_evaluation_challenges.json"
 EVAL_SOLUTIONS = "arc-agi_evaluation_solutions.json"
@@ -170,47 +172,6 @@ def _pick_model(scan: _Scan, root: Path, fragment: str | None) -> Path:
 
 
 # --- hardware -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Gpu:
-    index: int
-    name: str
-    capability: tuple[int, int]
-    memory_gib: float
-
-    @property
-    def bf16(self) -> bool:
-        # Native bf16 starts with Ampere (8.0). torch.cuda.is_bf16_supported() also counts emulation,
-        # which says yes on a T4 (7.5) where bf16 is slow, so the capability decides.
-        return self.capability >= (8, 0)
-
-
-def detect_gpus() -> list[Gpu]:
-    """The CUDA GPUs torch sees (none when torch or CUDA is missing)."""
-    try:
-        import torch
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    gpus = []
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        gpus.append(Gpu(i, p.name, (p.major, p.minor), p.total_memory / 2**30))
-    return gpus
-
-
-def choose_preset(gpus: Sequence[Gpu] | None = None) -> str:
-    """The run preset for these GPUs (detected when None): no CUDA GPU -> ``cpu-smoke``; any GPU
-    without native bf16 (T4, compute capability < 8.0) -> ``kaggle-t4x2``; else ``kaggle-l4x4``.
-    The kaggle presets are per GPU (one worker each), so 1 or 2 bf16 GPUs also get ``kaggle-l4x4``."""
-    gpus = detect_gpus() if gpus is None else list(gpus)
-    if not gpus:
-        return "cpu-smoke"
-    if not all(g.bf16 for g in gpus):
-        return "kaggle-t4x2"
-    return "kaggle-l4x4"
-
 
 def machine_report(gpus: Sequence[Gpu]) -> str:
     """Python, torch, CPU count and GPUs, plus ``nvidia-smi`` output when it is there: what the
@@ -489,8 +450,9 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
 
     run_dir = s.working_dir / "arcttt-run"
     try:
+        # resume: a notebook restarted in the same session keeps what it answered (matching records only)
         summary["run"] = run(inputs.challenges, inputs.model_dir, out, config=preset, time_budget=budget,
-                             run_dir=run_dir)
+                             run_dir=run_dir, resume=True)
     except Exception as e:
         ensure_valid_submission(inputs.challenges, out)
         if not s.rerun:

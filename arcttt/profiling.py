@@ -23,102 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arcttt.data import shown
+from arcttt.records import NO_ANSWER, OTHER, Phase, RecordError, TaskResult  # noqa: F401 - re-exported
+from arcttt.rundir import RunDirError, require_run_dir  # noqa: F401 - RunDirError re-exported
+
 PHASES = ("data", "ttt", "search", "select")
-OTHER = "other"
 PHASE_COLOURS = {"data": "#9e9e9e", "ttt": "#1f77b4", "search": "#ff7f0e", "select": "#2ca02c",
                  OTHER: "#d9d9d9"}
 UNKNOWN_COLOUR = "#8c564b"  # a phase name this module does not know
-NO_ANSWER = ("default", "timeout", "error", "rejected")  # statuses whose submission entry is a default
-
-
-class RunDirError(Exception):
-    """A run directory that does not exist or is not a directory."""
 
 
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
-@dataclass(frozen=True)
-class Phase:
-    phase: str
-    start: float
-    end: float
-
-    @property
-    def seconds(self) -> float:
-        return max(0.0, self.end - self.start)
-
-
-@dataclass
-class TaskRecord:
-    """One ``tasks/<id>.json`` as read; every field but ``task_id`` may be missing (None / empty)."""
-
-    task_id: str
-    status: str
-    error: str | None = None
-    worker: int | None = None
-    start: float | None = None
-    end: float | None = None
-    phases: list[Phase] = field(default_factory=list)
-    ttt: dict = field(default_factory=dict)
-    tests: list[dict] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float | None:
-        return None if self.start is None or self.end is None else max(0.0, self.end - self.start)
-
-    def phase_seconds(self) -> dict[str, float]:
-        """Seconds per phase name (repeated phases add up), plus ``other`` for uncovered task time."""
-        out: dict[str, float] = {}
-        for p in self.phases:
-            out[p.phase] = out.get(p.phase, 0.0) + p.seconds
-        if self.seconds is not None:
-            rest = self.seconds - sum(out.values())
-            if rest > 1e-9:
-                out[OTHER] = rest
-        return out
-
-    @property
-    def ttt_steps(self) -> int | None:
-        steps = self.ttt.get("steps")
-        return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
-
-    @property
-    def final_loss(self) -> float | None:
-        losses = self.ttt.get("losses")
-        return _num(losses[-1]) if isinstance(losses, list) and losses else None
-
-    @property
-    def n_candidates(self) -> int:
-        return sum(len(t.get("candidates") or []) for t in self.tests if isinstance(t, dict))
-
-
-def parse_task_record(obj: Any, fallback_id: str) -> TaskRecord:
-    """A TaskRecord from decoded JSON; raises ValueError naming the task if it is not an object.
-    Phases without a numeric start are left out."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"task {fallback_id}: result is not a JSON object")
-    tid = str(obj.get("task_id") or fallback_id)
-    task_end = _num(obj.get("end"))
-    phases = []
-    for p in obj.get("phases") or []:
-        start, end = (_num(p.get("start")), _num(p.get("end"))) if isinstance(p, dict) else (None, None)
-        end = task_end if end is None else end  # a phase cut short by a crash ends with its task
-        if start is not None and end is not None:
-            phases.append(Phase(str(p.get("phase", "?")), start, end))
-    worker = obj.get("worker")
-    return TaskRecord(
-        task_id=tid,
-        status=str(obj.get("status") or "unknown"),
-        error=None if obj.get("error") is None else str(obj["error"]),
-        worker=worker if isinstance(worker, int) and not isinstance(worker, bool) else None,
-        start=_num(obj.get("start")),
-        end=task_end,
-        phases=phases,
-        ttt=obj.get("ttt") if isinstance(obj.get("ttt"), dict) else {},
-        tests=[t for t in obj.get("tests") or [] if isinstance(t, dict)],
-    )
 
 
 @dataclass
@@ -128,7 +44,7 @@ class Run:
 
     run_dir: Path
     info: dict
-    tasks: dict[str, TaskRecord]
+    tasks: dict[str, TaskResult]
     problems: list[str] = field(default_factory=list)
     submission_mtime: float | None = None
 
@@ -175,9 +91,21 @@ class Run:
         return {str(t) for t in self.info.get("resumed") or []}
 
     @property
-    def timed(self) -> list[TaskRecord]:
+    def timed(self) -> list[TaskResult]:
         """Task results whose time was spent in this run (resumed ones spent theirs earlier)."""
         return [t for tid, t in self.tasks.items() if tid not in self.resumed]
+
+    def path(self, key: str) -> Path | None:
+        """A file run.json names (``challenges``, ``solutions``), found where it was, or beside a run
+        folder that was copied or moved: in it, in its ``data/`` folder, or in its parent."""
+        name = self.info.get(key)
+        if not isinstance(name, str) or not name:
+            return None
+        given = Path(name)
+        if not given.is_absolute():
+            given = self.run_dir / given
+        places = [given] + [d / given.name for d in (self.run_dir, self.run_dir / "data", self.run_dir.parent)]
+        return next((p for p in places if p.is_file()), None)
 
     @property
     def last_end(self) -> float | None:
@@ -186,10 +114,10 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read run.json and every tasks/*.json of a run directory; unreadable files become problems."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist or is not a directory")
+    """Read run.json and every tasks/*.json of a run folder; unreadable files become problems, and
+    records of tasks the run does not list (left by another run in the folder) are left out.
+    Raises RunDirError for a path that is not a run folder."""
+    run_dir = require_run_dir(Path(run_dir))
     problems = []
     info: dict = {}
     try:
@@ -201,18 +129,25 @@ def load_run(run_dir: str | Path) -> Run:
         problems.append("run.json: missing")
     except (OSError, json.JSONDecodeError) as e:
         problems.append(f"run.json: cannot read ({e})")
-    tasks: dict[str, TaskRecord] = {}
+    tasks: dict[str, TaskResult] = {}
+    listed = {str(t) for t in info.get("tasks") or []}
+    others = 0
     tasks_dir = run_dir / "tasks"
     if not tasks_dir.is_dir():
         problems.append("tasks/: missing (no task finished)")
     else:
         for path in sorted(tasks_dir.glob("*.json")):
             try:
-                rec = parse_task_record(json.loads(path.read_text()), path.stem)
-            except (OSError, json.JSONDecodeError, ValueError) as e:
-                problems.append(f"tasks/{path.name}: cannot read ({e})")
+                rec = TaskResult.from_json(json.loads(path.read_text()), f"tasks/{path.name}")
+            except (OSError, ValueError) as e:  # JSON and record errors are ValueErrors
+                problems.append(f"tasks/{path.name}: cannot read ({shown(str(e))})")
+                continue
+            if listed and rec.task_id not in listed:
+                others += 1
                 continue
             tasks[rec.task_id] = rec
+    if others:
+        problems.append(f"{others} task result(s) of tasks this run does not list (another run's) left out")
     sub = run_dir / "submission.json"
     return Run(run_dir, info, tasks, problems, sub.stat().st_mtime if sub.is_file() else None)
 

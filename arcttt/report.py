@@ -35,7 +35,7 @@ LOG_TAIL_LINES = 60
 CATEGORIES = {  # filter key -> (button label, what it holds)
     "solved": ("Solved", "every test output right (either attempt equals the truth)"),
     "failed": ("Failed", "answered, but some test output wrong"),
-    "noanswer": ("Defaulted / timed out", "no answer of its own: status default, timeout, error, rejected "
+    "noanswer": ("Defaulted / timed out", "no answer of its own: status default, timeout, error, stopped, rejected "
                  "or no result file"),
     "unscored": ("Not scored", "answered, no solution given to score it"),
 }
@@ -112,8 +112,10 @@ def _read_inputs(run_dir: Path, solutions: Path | None) -> _Inputs:
     problems = list(run.problems)
     tasks: dict[str, Task] = {}
     chal = run.info.get("challenges")
-    if chal:
-        path = Path(chal) if Path(chal).is_file() else run_dir / chal
+    path = run.path("challenges")
+    if chal and path is None:
+        problems.append(f"challenges file {chal} not found (nor beside the run folder): grids not shown")
+    elif chal:
         try:
             loaded = load_challenges(path)
             tasks = loaded.tasks
@@ -123,6 +125,8 @@ def _read_inputs(run_dir: Path, solutions: Path | None) -> _Inputs:
     else:
         problems.append("run.json names no challenges file: train pairs and test inputs not shown")
     sols: dict[str, list[np.ndarray]] = {}
+    if solutions is None:  # a dry run records its solutions file: score against it by default
+        solutions = run.path("solutions")
     if solutions is not None:
         sols = load_solutions(solutions)  # a bad solutions file is the caller's fault: let it raise
     submission = None
@@ -154,8 +158,7 @@ def _attempts(inp: _Inputs, tid: str) -> list[list[np.ndarray | None]]:
     rec = inp.run.tasks.get(tid)
     out = []
     for t in rec.tests if rec else []:
-        pair = t.get("attempts") if isinstance(t.get("attempts"), list) else []
-        out.append([as_grid(pair[k]) if k < len(pair) else None for k in (0, 1)])
+        out.append([as_grid(t.attempts[k]) if k < len(t.attempts) else None for k in (0, 1)])
     return out
 
 
@@ -313,7 +316,7 @@ def _task_section(inp: _Inputs, tid: str, row, hits: tuple[bool, ...] | None, ca
         head.append(f" · TTT {row.ttt_steps} steps")
     if row.final_loss is not None:
         head.append(f", final loss {row.final_loss:.3f}")
-    head.append("</span> " + (_sparkline(rec.ttt.get("losses") or []) if rec else ""))
+    head.append("</span> " + (_sparkline(rec.ttt.losses) if rec and rec.ttt else ""))
     out = [f'<details class="task {cat}" id="task-{_e(tid)}" data-cat="{cat}" open><summary>{"".join(head)}</summary>']
     if row.error:
         out.append(f'<div class="err">{_e(row.error)}</div>')
@@ -343,7 +346,7 @@ def _task_section(inp: _Inputs, tid: str, row, hits: tuple[bool, ...] | None, ca
         if truth is not None:
             out.append(_figure(truth, "truth", f"{tid} test {i + 1} truth"))
         out.append("</div>")
-        cands = (rec.tests[i].get("candidates") or []) if rec and i < len(rec.tests) else []
+        cands = rec.tests[i].candidates if rec and i < len(rec.tests) else []
         if cands:
             out.append(_candidates(tid, i, cands, truth))
     out.append("</details>")

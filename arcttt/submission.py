@@ -39,7 +39,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from arcttt.data import Challenges, DataFileError, GridError, Task, grid_to_list, parse_grid, read_json
+from arcttt.data import (Challenges, DataFileError, GridError, Task, grid_to_list, parse_grid, read_json, show_id,
+                         shown)
 
 Fallback = Literal["zeros", "input", "train-outputs"]
 ZERO_GRID: tuple[tuple[int, ...], ...] = ((0,),)
@@ -50,6 +51,12 @@ class SubmissionError(ValueError):
     """A prediction that cannot go into the submission; the message names the task and the fault."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON so that ``path`` always holds either its old or its new complete text.
 
@@ -58,8 +65,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     itself survives a power cut. On any failure the temporary file is removed and the error raised.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file reads like any other
         # dumps, not dump: json.dump streams through the pure-Python encoder, about 10x slower
         text = json.dumps(obj, separators=(",", ":"))
         with os.fdopen(fd, "w") as f:
@@ -118,7 +129,7 @@ class SubmissionWriter:
             if not isinstance(task_id, str):  # json.dump would silently turn it into a string key
                 raise SubmissionError(f"task id {task_id!r} is not a string")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise SubmissionError(f"task {task_id}: test count {n!r} is not a non-negative int")
+                raise SubmissionError(f"task {show_id(task_id)}: test count {shown(n)} is not a non-negative int")
         unknown = set(fallback or {}) - set(test_counts)
         if unknown:
             raise SubmissionError(f"fallback for tasks not in test_counts: {', '.join(sorted(unknown))}")
@@ -154,7 +165,7 @@ class SubmissionWriter:
     def reset(self, task_id: str) -> None:
         """Put a task back to its default entry (e.g. when a result turns out to be unusable)."""
         if task_id not in self.test_counts:
-            raise SubmissionError(f"task {task_id}: not in this submission")
+            raise SubmissionError(f"task {show_id(task_id)}: not in this submission")
         with self._lock:
             self._entries[task_id] = list(self.defaults[task_id])
             self._write_locked()
@@ -173,20 +184,20 @@ class SubmissionWriter:
 
     def _checked(self, task_id: str, attempts: Sequence[tuple[Any, Any]]) -> list[dict[str, list[list[int]]]]:
         if task_id not in self.test_counts:
-            raise SubmissionError(f"task {task_id}: not in this submission (unknown task id)")
+            raise SubmissionError(f"task {show_id(task_id)}: not in this submission (unknown task id)")
         n = self.test_counts[task_id]
         if isinstance(attempts, (str, bytes, dict)) or not isinstance(attempts, Sequence):
-            raise SubmissionError(f"task {task_id}: attempts must be a list of (attempt_1, attempt_2) pairs")
+            raise SubmissionError(f"task {show_id(task_id)}: attempts must be a list of (attempt_1, attempt_2) pairs")
         if len(attempts) != n:
-            raise SubmissionError(f"task {task_id}: {len(attempts)} attempt pairs for {n} test inputs")
+            raise SubmissionError(f"task {show_id(task_id)}: {len(attempts)} attempt pairs for {n} test inputs")
         entry = []
         for i, pair in enumerate(attempts):
             if isinstance(pair, (str, bytes, dict, np.ndarray)) or not isinstance(pair, Sequence) or len(pair) != 2:
-                raise SubmissionError(f"task {task_id}: test[{i}] is not an (attempt_1, attempt_2) pair")
+                raise SubmissionError(f"task {show_id(task_id)}: test[{i}] is not an (attempt_1, attempt_2) pair")
             grids = {}
             for key, grid in zip(ATTEMPT_KEYS, pair):
                 try:
-                    grids[key] = grid_to_list(parse_grid(grid, f"task {task_id} test[{i}].{key}"))
+                    grids[key] = grid_to_list(parse_grid(grid, f"task {show_id(task_id)} test[{i}].{key}"))
                 except GridError as e:
                     raise SubmissionError(str(e)) from None
             entry.append(grids)
@@ -206,8 +217,8 @@ def validate_submission(obj: Any, test_counts: dict[str, int]) -> list[str]:
     (empty if valid): missing and extra task ids, entry counts, the attempt keys, every grid."""
     if not isinstance(obj, dict):
         return [f"submission is not a JSON object of tasks (got {type(obj).__name__})"]
-    faults = [f"task {tid}: missing" for tid in test_counts if tid not in obj]
-    faults += [f"task {tid}: not in the challenges (extra task id)" for tid in obj if tid not in test_counts]
+    faults = [f"task {show_id(tid)}: missing" for tid in test_counts if tid not in obj]
+    faults += [f"task {show_id(tid)}: not in the challenges (extra task id)" for tid in obj if tid not in test_counts]
     for tid, n in test_counts.items():
         if tid in obj:
             faults += _entry_faults(tid, obj[tid], n)
@@ -216,20 +227,20 @@ def validate_submission(obj: Any, test_counts: dict[str, int]) -> list[str]:
 
 def _entry_faults(tid: str, entries: Any, n: int) -> list[str]:
     if not isinstance(entries, list):
-        return [f"task {tid}: not a list of test entries (got {type(entries).__name__})"]
+        return [f"task {show_id(tid)}: not a list of test entries (got {type(entries).__name__})"]
     faults = []
     if len(entries) != n:
-        faults.append(f"task {tid}: {len(entries)} entries for {n} test inputs")
+        faults.append(f"task {show_id(tid)}: {len(entries)} entries for {n} test inputs")
     for i, entry in enumerate(entries[:n]):
         if not isinstance(entry, dict):
-            faults.append(f"task {tid} test[{i}]: not an object with attempt_1 and attempt_2")
+            faults.append(f"task {show_id(tid)} test[{i}]: not an object with attempt_1 and attempt_2")
             continue
-        faults += [f"task {tid} test[{i}]: missing {key}" for key in ATTEMPT_KEYS if key not in entry]
-        faults += [f"task {tid} test[{i}]: unexpected key {key!r}" for key in entry if key not in ATTEMPT_KEYS]
+        faults += [f"task {show_id(tid)} test[{i}]: missing {key}" for key in ATTEMPT_KEYS if key not in entry]
+        faults += [f"task {show_id(tid)} test[{i}]: unexpected key {shown(key)}" for key in entry if key not in ATTEMPT_KEYS]
         for key in ATTEMPT_KEYS:
             if key in entry:
                 try:
-                    parse_grid(entry[key], f"task {tid} test[{i}].{key}")
+                    parse_grid(entry[key], f"task {show_id(tid)} test[{i}].{key}")
                 except GridError as e:
                     faults.append(str(e))
     return faults

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from arcttt.formats import Encoded
 from arcttt.model import ModelSession
+from arcttt.records import TTTResult  # noqa: F401 - the record type train_task returns
 
 
 @dataclass
@@ -78,25 +79,6 @@ class TTTConfig:
             errors.append(f"log_every must be >= 1, got {self.log_every}")
         if errors:
             raise ValueError("TTTConfig: " + "; ".join(errors))
-
-
-@dataclass
-class TTTResult:
-    steps: int
-    tokens: int
-    """Non-padding tokens run through forward and backward."""
-    seconds: float
-    tokens_per_s: float
-    losses: list[float] = field(default_factory=list)
-    """Loss of every step, in order."""
-    stopped: Literal["done", "deadline", "oom", "empty"] = "done"
-    skipped: str | None = None
-    """Why no training happened (then ``steps == 0``), else None."""
-
-    def to_json(self) -> dict:
-        return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 3),
-                "tokens_per_s": round(self.tokens_per_s, 1), "losses": [round(x, 5) for x in self.losses],
-                "stopped": self.stopped, "skipped": self.skipped}
 
 
 @dataclass

@@ -26,6 +26,12 @@ def arc1_train():
     return load_split("arc-agi-1-train")
 
 
+# --- ids an attacker (or a careless file) could put in a challenges file (records, run folder tests)
+HOSTILE_IDS = ["../../x", "../escape", "/abs/x", "/", ".", "..", "", "a/b", "a\\b", "a\x00b", "x" * 300,
+               "é" * 200, "new\nline", "tab\tid", "\ud800", "con", "nul.txt", ".hidden", "-rf", "~", "*", "$(rm)",
+               "a" * 40 + "1", "a" * 40 + "2"]
+
+
 # --- a hand-made run directory (profiling, report) ------------------------------------------------
 # Six real arc-agi-1-eval tasks on two workers, budget 1000 s from RUN_START; the figures tests check
 # follow from the spans below. Session-scoped: a test that changes it must copy it first.

@@ -65,7 +65,7 @@ def test_costs_and_order_on_real_tasks(arc1_eval):
 
 
 def test_plan_report_fits_or_not(tmp_path):
-    from arcttt.budget import plan_report
+    from arcttt.plan import plan_report
     from arcttt.data import export_split
 
     challenges, _ = export_split("arc-agi-2-eval", tmp_path, limit=6)

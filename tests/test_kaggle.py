@@ -441,6 +441,26 @@ def test_notebook_main_keeps_a_valid_partial_submission(tmp_path, monkeypatch):
     assert submission_is_valid(challenges, tmp_path / "work")
 
 
+def test_notebook_main_resumes_its_own_run_folder(tmp_path, monkeypatch):
+    """A notebook restarted in the same session reuses its run folder (matching results only)."""
+    import arcttt.pipeline
+    from arcttt.data import load_challenges
+    from arcttt.submission import SubmissionWriter
+
+    challenges = challenges_tree(tmp_path / "in")
+    settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
+    seen = {}
+
+    def fake_run(challenges, model, out, **kwargs):
+        seen.update(kwargs)
+        SubmissionWriter.for_challenges(out, load_challenges(challenges))
+        return {}
+
+    monkeypatch.setattr(arcttt.pipeline, "run", fake_run)
+    kaggle.notebook_main(settings=settings, start_time=0.0)
+    assert seen["resume"] is True and seen["run_dir"] == tmp_path / "work" / "arcttt-run"
+
+
 def test_subset_tasks_takes_the_first_tasks_with_solutions(tmp_path):
     from arcttt.data import export_split
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,12 @@ FAST = ["ttt.steps=2", "data.n_sequences=4", "budget.hang_grace_s=5", "budget.ha
 
 
 def results(run_dir: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (run_dir / "tasks").glob("*.json")}
+    """Task id -> record, read from the files (named by records.task_file_name, keyed here by the id inside)."""
+    out = {}
+    for p in (run_dir / "tasks").glob("*.json"):
+        r = json.loads(p.read_text())
+        out[r["task_id"]] = r
+    return out
 
 
 def assert_valid(submission: Path, challenges: Path) -> dict:
@@ -85,7 +91,8 @@ def test_sigkill_then_resume_skips_finished_tasks(tiny_model_dir, eval_files, tm
     assert_valid(out, challenges)  # never half-written
     before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "tasks").glob("*.json")
               if json.loads(p.read_text())["status"] == "ok"}
-    summary = run(challenges, tiny_model_dir, out, run_dir=run_dir, time_budget=300, overrides=FAST, progress=False)
+    summary = run(challenges, tiny_model_dir, out, run_dir=run_dir, time_budget=300, overrides=FAST, progress=False,
+                  resume=True)
     assert summary["resumed"] >= len(before)
     after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "tasks").glob("*.json")}
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished task was redone"
@@ -143,22 +150,134 @@ def test_malformed_tasks_keep_defaults_and_the_rest_run(tiny_model_dir, eval_fil
     assert "bad-values" in (tmp_path / "run" / "log.txt").read_text()
 
 
-def test_dry_run_cli_scores_and_reports(tmp_path, capsys):
+def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
+    """The README's main command, run twice from the same folder: the second run replaces the first
+    (fresh timings in the profile, nothing resumed); run.json holds absolute paths, so the report of a
+    copied run folder still finds its grids and scores against the recorded solutions."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["dry-run", "--out", "dry", "--tasks", "3", "--quiet", *[a for s in FAST for a in ("--set", s)]]
+    starts = []
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        starts.append(json.loads((tmp_path / "dry" / "run.json").read_text())["start"])
     out = tmp_path / "dry"
-    with pytest.raises(SystemExit) as e:
-        main(["dry-run", "--out", str(out), "--tasks", "3", "--quiet", *[a for s in FAST for a in ("--set", s)]])
-    assert e.value.code == 0
+    assert starts[1] > starts[0] and "0 resumed" in capsys.readouterr().out.splitlines()[-2]
+    res = results(out)
+    assert len(res) == 3 and all(r["start"] >= starts[1] for r in res.values())
     score = json.loads((out / "score.json").read_text())
     assert score["total"] >= 3 and 0 <= score["score"] <= 1
     for name in ("submission.json", "report.html", "timeline.png", "config.json", "run.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "config.json").read_text())["preset"] == "cpu-smoke"
-    assert "score:" in capsys.readouterr().out
+    assert not (out / ".lock").exists() and not (out / ".load.lock").exists()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["preset"] == "cpu-smoke" and meta["command"] == "dry-run"
+    assert all(Path(meta[k]).is_absolute() for k in ("challenges", "model", "solutions", "out", "run_dir"))
     # the run calibrates the planner: per-token costs measured in it
-    from arcttt.budget import plan_report
+    from arcttt.plan import plan_report
 
     plan = plan_report(out / "data" / "arc-agi_evaluation_challenges.json", "cpu-smoke", calibration=out)
     assert f"measured in {out}" in plan and "3 tasks" in plan
+
+    copy = tmp_path / "elsewhere" / "dry-copy"
+    import shutil
+
+    shutil.copytree(out, copy)
+    shutil.rmtree(out)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(copy)])  # no --solutions: the run's own are used
+    assert e.value.code == 0
+    page = (copy / "report.html").read_text()
+    assert "not found" not in page and "no solutions given" not in page and 'data-what="' in page
+
+
+def test_a_dry_run_does_not_replace_a_run(tmp_path, capsys):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"command": "run"}))
+    (tmp_path / "tasks" / "x.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["dry-run", "--out", str(tmp_path), "--tasks", "1", "--quiet"])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert (tmp_path / "tasks" / "x.json").exists()
+
+
+def test_hostile_ids_of_real_tasks_and_resume_only_what_matches(tiny_model_dir, eval_files, tmp_path):
+    """Two real tasks under hostile ids: their records stay in the run folder and keep the exact ids.
+    Run again on the folder: refused without resume; with it, the task whose content changed under
+    the same id is redone and the other reused."""
+    challenges, _ = eval_files
+    data = json.loads(Path(challenges).read_text())
+    first, second, third = list(data.values())[:3]
+    ids = ["../../escape", "new\nline"]
+    work = tmp_path / "work"
+    work.mkdir()
+    chal = tmp_path / "hostile.json"
+    chal.write_text(json.dumps({ids[0]: first, ids[1]: second}))
+    before = {p for p in tmp_path.rglob("*")}
+    run_dir, out = work / "run", work / "submission.json"
+    summary = run(chal, tiny_model_dir, out, run_dir=run_dir, time_budget=200, overrides=FAST, progress=False)
+    assert summary["answered"] == 2
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    assert all(work in p.parents for p in written), written
+    res = results(run_dir)
+    assert sorted(res) == sorted(ids) and all(r["status"] == "ok" for r in res.values())
+    assert_valid(out, chal)
+
+    from arcttt.rundir import RunDirError
+
+    with pytest.raises(RunDirError, match="--resume"):
+        run(chal, tiny_model_dir, out, run_dir=run_dir, time_budget=200, overrides=FAST, progress=False)
+    kept = result_file = None
+    for p in (run_dir / "tasks").glob("*.json"):
+        if json.loads(p.read_text())["task_id"] == ids[0]:
+            kept, result_file = p.stat().st_mtime_ns, p
+    chal.write_text(json.dumps({ids[0]: first, ids[1]: third}))  # same id, other content
+    summary = run(chal, tiny_model_dir, out, run_dir=run_dir, time_budget=200, overrides=FAST, progress=False,
+                  resume=True)
+    assert summary["resumed"] == 1 and summary["redone"] == {"different task": 1} and summary["answered"] == 1
+    assert result_file.stat().st_mtime_ns == kept
+    sub = assert_valid(out, chal)
+    assert res[ids[0]]["tests"][0]["attempts"][0] == sub[ids[0]][0]["attempt_1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_with_a_valid_file_and_nothing_left(sig, tiny_model_dir, eval_files, tmp_path):
+    """SIGTERM to the main process (as Kaggle and schedulers send it), or SIGINT to the whole group
+    (Ctrl-C): one line, exit 128 + signal, a valid submission, the workers gone, no lock or
+    temporary file left, the tasks in flight recorded as stopped."""
+    challenges, _ = eval_files
+    run_dir, out = tmp_path / "run", tmp_path / "submission.json"
+    cmd = [sys.executable, "-m", "arcttt", "run", "--challenges", str(challenges), "--model", str(tiny_model_dir),
+           "--out", str(out), "--run-dir", str(run_dir), "--time-budget", "300", "--quiet",
+           *[a for s in FAST for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if (run_dir / "tasks").exists() and any(r["status"] == "ok" for r in results(run_dir).values()):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before the signal"
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"stopped by {sig.name}: ")
+    assert_valid(out, challenges)
+    pids = [int(p) for p in re.findall(r"worker \d+: pid (\d+)", (run_dir / "log.txt").read_text())]
+    assert pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not [p.name for p in run_dir.rglob(".*")]  # no .lock, .load.lock or temporary file
+    statuses = {r["status"] for r in results(run_dir).values()}
+    assert statuses <= {"ok", "stopped"} and "stopped" in statuses
 
 
 def test_bad_override_is_one_clear_error(eval_files, tiny_model_dir, tmp_path, capsys):

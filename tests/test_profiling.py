@@ -29,7 +29,7 @@ def test_load_run_reads_every_task(handmade_run):
     assert run.workers == [0, 1]
     assert (run.start, run.deadline, run.budget_s) == (RUN_START, RUN_START + 1000, 1000.0)
     assert run.tasks["0c9aba6e"].status == "error" and "out of memory" in run.tasks["0c9aba6e"].error
-    assert run.tasks["0c9aba6e"].ttt == {}  # no "ttt" key in that file: read as empty, not a crash
+    assert run.tasks["0c9aba6e"].ttt is None  # no "ttt" key in that file: read as absent, not a crash
 
 
 def test_phase_totals_exact(handmade_run):
@@ -103,13 +103,16 @@ def test_robust_to_missing_and_corrupt_files(run_copy):
     assert [r.status for r in task_rows(run)][:2] == ["missing", "missing"]
 
     shutil.rmtree(run_copy / "tasks")
-    (run_copy / "run.json").unlink()
+    (run_copy / "run.json").write_text("{}")
     (run_copy / "submission.json").unlink()
     run = load_run(run_copy)
-    assert "tasks/: missing (no task finished)" in run.problems and "run.json: missing" in run.problems
+    assert "tasks/: missing (no task finished)" in run.problems
     assert margin(run).after_last_task_s is None and phase_totals(run) == []
     assert "margin at the deadline: - s" in summary(run)
     timeline_figure(run, run_copy / "empty.png")  # an empty run still draws
+    (run_copy / "run.json").unlink()  # neither run.json nor tasks/: not a run folder at all
+    with pytest.raises(RunDirError, match="not a run folder"):
+        load_run(run_copy)
 
 
 def test_phase_without_end_ends_with_its_task(run_copy):

@@ -133,16 +133,24 @@ def test_deadline_stops_training(tiny_session, arc1_train, monkeypatch):
     past = train_task(s, seqs, TTTConfig(steps=5), deadline=time.time() - 1)
     assert (past.steps, past.stopped, past.skipped) == (0, "deadline", "deadline reached before the first step")
     assert all(torch.equal(p, initial[n]) for n, p in adapter_state(s).items())
-    slow_forward = s.model.forward
+    # the mechanism, without racing the real clock: a fake clock that each forward pass moves on
+    # by 10 s; with the deadline 25 s away, no step may start that would (judging by the last one)
+    # end past it, so training stops after the second step, before the clock passes the deadline
+    import types
 
-    def forward(*args, **kwargs):
-        time.sleep(0.05)
-        return slow_forward(*args, **kwargs)
+    import arcttt.ttt as ttt_module
 
-    monkeypatch.setattr(s.model, "forward", forward)
-    start = time.time()
-    soon = train_task(s, seqs, TTTConfig(steps=1000, batch_tokens=256), deadline=start + 0.5)
-    assert soon.stopped == "deadline" and 1 <= soon.steps < 20 and time.time() < start + 0.75
+    clock = [1000.0]
+    monkeypatch.setattr(ttt_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    forward = s.model.forward
+
+    def slow_forward(*args, **kwargs):
+        clock[0] += 10.0
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(s.model, "forward", slow_forward)
+    soon = train_task(s, seqs, TTTConfig(steps=1000, batch_tokens=256), deadline=clock[0] + 25.0)
+    assert soon.stopped == "deadline" and soon.steps == 2 and clock[0] <= 1000.0 + 25.0
     assert not s.model.training
 
 
