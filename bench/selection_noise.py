@@ -60,8 +60,8 @@ def main() -> None:
             for task in TASKS:
                 now = time.time()
                 result = solve_task(session, task, cfg, TaskDeadlines(now, now, now + 600, now + 1200))
-                for test, truth in zip(result["tests"], task.test_outputs):
-                    hits = [np.array_equal(np.array(a), truth) for a in test["attempts"]]
+                for test, truth in zip(result.tests, task.test_outputs):
+                    hits = [np.array_equal(np.array(a), truth) for a in test.attempts]
                     first += hits[0]
                     either += any(hits)
             print(f"{f:>11.3f}  {method:>6}  {first:>4}/{n_outputs:<4}  {either:>3}/{n_outputs:<3}  "

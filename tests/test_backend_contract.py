@@ -81,7 +81,7 @@ def test_solve_task_keeps_the_contract(tiny_session, arc1_eval):
     cfg = load_config("cpu-smoke", ["ttt.steps=1", "data.n_sequences=2", "search.batch_views=false"])
     now = time.time()
     result = solve_task(session, arc1_eval[0], cfg, TaskDeadlines(now, now + 300, now + 600, now + 900))
-    assert result["status"] == "ok" and all("error" not in t for t in result["tests"]), result
+    assert result.status == "ok" and all(t.error is None for t in result.tests), result
     assert wrapped.calls["decode"] > 0 and wrapped.calls["cached_prefill"] > 0
     tiny_session.reset()
 
@@ -142,8 +142,8 @@ def test_candidates_survive_an_oom_in_search_and_in_scoring(tiny_session, arc1_e
     now = time.time()
     out = _answer_test_input(session, task, 0, cfg, fallback_attempts(task)[0], _Phases(),
                              search_end=now + 300, select_end=now + 600)
-    assert out["search"]["oom"] and out["search"]["views"] == 3
-    assert out["candidates"] and "out of memory in scoring" in out["error"]
-    assert all(c["view_logprobs"] == [] for c in out["candidates"])  # ranked by the search alone
-    found = {k for c in out["candidates"] for k, _ in c["found"]}
+    assert out.search["oom"] and out.search["views"] == 3
+    assert out.candidates and "out of memory in scoring" in out.error
+    assert all(c["view_logprobs"] == [] for c in out.candidates)  # ranked by the search alone
+    found = {k for c in out.candidates for k, _ in c["found"]}
     assert len(found) == 2  # the two views searched before the OOM

@@ -70,11 +70,11 @@ def test_oracle_scores_every_task_in_every_format(fmt):
     for task in TASKS:
         now = time.time()
         result = solve_task(session, task, cfg, TaskDeadlines(now, now + 600, now + 1200, now + 1800))
-        assert result["status"] == "ok" and result["ttt"]["steps"] == 2  # TTT really stepped
-        for test, truth in zip(result["tests"], task.test_outputs):
+        assert result.status == "ok" and result.ttt.steps == 2  # TTT really stepped
+        for test, truth in zip(result.tests, task.test_outputs):
             total += 1
-            solved += any(np.array_equal(np.array(a), truth) for a in test["attempts"])
+            solved += any(np.array_equal(np.array(a), truth) for a in test.attempts)
             # the truth was found under every view searched (the inverse mapping is right)
-            best = test["candidates"][0]
+            best = test.candidates[0]
             assert np.array_equal(np.array(best["grid"]), truth) and best["hits"] == cfg.search.n_augmentations
     assert (solved, total) == (total, sum(t.n_test for t in TASKS)) and total >= 10
