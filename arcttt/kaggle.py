@@ -127,12 +127,17 @@ def find_challenges(root: str | Path) -> Path:
     return found
 
 
-def find_inputs(root: str | Path, *, model: str | None = None) -> KaggleInputs:
+def find_inputs(root: str | Path, *, model: str | None = None, format: str | None = None) -> KaggleInputs:
     """Search ``root`` (both the flat and the nested Kaggle layout) for everything the notebook needs.
+
+    A model directory holds ``arcttt.json``; with none attached, a published checkpoint without it
+    (``config.json`` and safetensors) is taken when ``format`` is given or its tokenizer pins the
+    format down (NVARC's 16 tokens).
 
     Args:
         root: The input root, ``/kaggle/input`` on Kaggle.
         model: A fragment of the model directory's path, to pick one when several are attached.
+        format: The format of an attached checkpoint that has no arcttt.json.
 
     Raises:
         InputsError: no test challenges file, no model directory, or several model directories and
@@ -145,18 +150,33 @@ def find_inputs(root: str | Path, *, model: str | None = None) -> KaggleInputs:
         raise InputsError(f"no {TEST_CHALLENGES} under {root}: attach the competition's data to the notebook")
     eval_challenges = _best(scan.files[EVAL_CHALLENGES], root, near=challenges.parent)
     eval_solutions = _best(scan.files[EVAL_SOLUTIONS], root, near=(eval_challenges or challenges).parent)
-    return KaggleInputs(challenges, eval_challenges, eval_solutions, _pick_model(scan, root, model),
+    return KaggleInputs(challenges, eval_challenges, eval_solutions, _pick_model(scan, root, model, format),
                         tuple(scan.wheel_dirs))
 
 
-def _pick_model(scan: _Scan, root: Path, fragment: str | None) -> Path:
-    candidates = scan.model_dirs
+def checkpoint_format(path: Path, given: str | None = None) -> str | None:
+    """The format a model directory is run in: ``arcttt.json``'s, else ``given``, else the one its
+    tokenizer pins down; None when nothing says."""
+    from arcttt.formats import FormatError, detect_format, load_tokenizer, read_model_meta
+
+    try:
+        if (path / "arcttt.json").is_file():
+            return read_model_meta(path)[0].format
+        return given or detect_format(load_tokenizer(path))
+    except FormatError:
+        return given
+
+
+def _pick_model(scan: _Scan, root: Path, fragment: str | None, format: str | None = None) -> Path:
+    # a published checkpoint (no arcttt.json) counts when its format is known
+    candidates = scan.model_dirs or [p for p in scan.hf_dirs if checkpoint_format(p, format)]
     if not candidates:
         hint = ""
         if scan.hf_dirs:
-            hint = (" Found Hugging Face model folders without arcttt.json (not prepared): "
+            hint = (" Found Hugging Face model folders without arcttt.json whose format is unknown: "
                     + ", ".join(map(str, scan.hf_dirs))
-                    + "; run `arcttt prepare-weights` on one and attach the result.")
+                    + "; set ARCTTT_FORMAT (nvarc, architects, ...) for a published checkpoint, or run "
+                    "`arcttt prepare-weights` on a base model and attach the result.")
         raise InputsError(f"no model directory (a folder with {' and '.join(MODEL_FILES)}) under {root}: attach "
                           f"a model prepared with `arcttt prepare-weights` as a Kaggle model or dataset.{hint}")
     if fragment:
@@ -249,6 +269,8 @@ class NotebookSettings:
     """Kept free of the 12 h, counted from the notebook's start, for start-up, the final write and slack."""
     preset: str | None = None
     """A preset name to use instead of the one :func:`choose_preset` picks."""
+    format: str | None = None
+    """The format of an attached published checkpoint without arcttt.json (ARCTTT_FORMAT)."""
     model: str | None = None
     """A fragment of the model directory's path, when several are attached."""
 
@@ -287,6 +309,7 @@ class NotebookSettings:
             "selfcheck_tasks": number("ARCTTT_SELFCHECK_TASKS", int),
             "selfcheck_budget_s": number("ARCTTT_SELFCHECK_BUDGET"),
             "preset": env.get("ARCTTT_PRESET") or None,
+            "format": env.get("ARCTTT_FORMAT") or None,
             "model": env.get("ARCTTT_MODEL") or None,
         }
         # Kaggle sets the variable on the rerun; its value has not been documented, so any
@@ -363,6 +386,21 @@ def subset_tasks(challenges: Path, solutions: Path, n: int, out_dir: Path) -> tu
     return paths
 
 
+# A published checkpoint runs with its team's recipe on the GPUs its preset was written for.
+FORMAT_PRESETS = {("kaggle-l4x4", "nvarc"): "nvarc-l4x4", ("kaggle-l4x4", "architects"): "architects-l4x4",
+                  ("kaggle-t4x2", "architects"): "architects-t4x2"}
+
+
+def preset_for_format(preset: str, fmt: str | None) -> str:
+    """The preset for this machine (:func:`choose_preset`), or the published recipe of the model's
+    format where one is written for these GPUs."""
+    return FORMAT_PRESETS.get((preset, fmt), preset)
+
+
+def format_overrides(settings: NotebookSettings) -> list[str]:
+    return [f"model.format={settings.format}"] if settings.format else []
+
+
 def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) -> dict:
     """Answer a few evaluation tasks with known solutions and print the score and the profile.
 
@@ -382,7 +420,7 @@ def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) ->
     print(f"self-check: {n} tasks of {source}, budget {settings.selfcheck_budget_s:.0f} s")
     result = dry_run(out, split="arc-agi-2-eval", tasks=n, model=inputs.model_dir,
                      time_budget=settings.selfcheck_budget_s, config=preset,
-                     challenges=challenges, solutions=solutions)
+                     challenges=challenges, solutions=solutions, overrides=format_overrides(settings))
     score = result.get("score") or {}
     print(f"self-check score: {score.get('score', 0.0):.3f} "
           f"({score.get('correct')}/{score.get('total')} test outputs); "
@@ -417,13 +455,9 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
     set_offline_env()
 
     gpus = detect_gpus()
-    preset = s.preset or choose_preset(gpus)
     print(machine_report(gpus))
-    print(f"preset: {preset}{' (from ARCTTT_PRESET)' if s.preset else ''}; "
-          f"{'competition rerun (hidden test set)' if s.rerun else 'interactive / placeholder run'}")
-
     try:
-        inputs = find_inputs(s.input_root, model=s.model)
+        inputs = find_inputs(s.input_root, model=s.model, format=s.format)
     except InputsError:
         # Without a model there is nothing to run, but the challenges may still be there.
         with contextlib.suppress(InputsError):
@@ -432,6 +466,10 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
         raise
     print(f"challenges: {inputs.challenges}\nmodel: {inputs.model_dir}\n"
           f"evaluation: {inputs.evaluation_challenges}, {inputs.evaluation_solutions}")
+    fmt = checkpoint_format(inputs.model_dir, s.format)
+    preset = s.preset or preset_for_format(choose_preset(gpus), fmt)
+    print(f"format: {fmt}; preset: {preset}{' (from ARCTTT_PRESET)' if s.preset else ''}; "
+          f"{'competition rerun (hidden test set)' if s.rerun else 'interactive / placeholder run'}")
 
     summary: dict = {"preset": preset, "rerun": s.rerun, "challenges": str(inputs.challenges),
                      "model": str(inputs.model_dir), "submission": str(out)}
@@ -452,7 +490,7 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
     try:
         # resume: a notebook restarted in the same session keeps what it answered (matching records only)
         summary["run"] = run(inputs.challenges, inputs.model_dir, out, config=preset, time_budget=budget,
-                             run_dir=run_dir, resume=True)
+                             run_dir=run_dir, resume=True, overrides=format_overrides(s))
     except Exception as e:
         ensure_valid_submission(inputs.challenges, out)
         if not s.rerun:

@@ -489,3 +489,30 @@ def test_notebook_main_on_the_rerun_keeps_the_valid_file_instead_of_raising(tmp_
     summary = kaggle.notebook_main(settings=settings, start_time=0.0)  # no exception on the rerun
     assert "worker died" in summary["run_error"] and "RUN FAILED" in capsys.readouterr().out
     assert submission_is_valid(challenges, tmp_path / "work")
+
+
+def test_a_published_checkpoint_is_found_and_runs_with_its_recipe(tmp_path, nvarc_model_dir, architects_model_dir):
+    """No arcttt.json (Kaggle inputs are read-only, nothing is written there): NVARC's checkpoint is
+    recognised by its tokenizer and gets its own preset on 4 x L4; another needs ARCTTT_FORMAT."""
+    import shutil
+
+    root = tmp_path / "input"
+    competition_files(root / "competitions" / "arc-prize-2026-arc-agi-2")
+    nvarc = root / "models" / "nvarc" / "qwen3_4b_grids15_sft139" / "transformers" / "default" / "1"
+    shutil.copytree(nvarc_model_dir, nvarc)
+    assert find_inputs(root).model_dir == nvarc
+    assert kaggle.checkpoint_format(nvarc) == "nvarc"
+    assert kaggle.preset_for_format(choose_preset([Gpu(i, "NVIDIA L4", (8, 9), 22.5) for i in range(4)]), "nvarc") == "nvarc-l4x4"
+    assert kaggle.preset_for_format("kaggle-t4x2", "nvarc") == "kaggle-t4x2"  # NVARC's recipe is bf16, L4s only
+
+    other = tmp_path / "input2"
+    competition_files(other / "competitions" / "arc-prize-2026-arc-agi-2")
+    shutil.copytree(architects_model_dir, other / "datasets" / "me" / "architects-8b")
+    with pytest.raises(InputsError, match="ARCTTT_FORMAT"):
+        find_inputs(other)
+    settings = NotebookSettings.from_env({"ARCTTT_FORMAT": "architects"})
+    picked = find_inputs(other, format=settings.format).model_dir
+    assert picked == other / "datasets" / "me" / "architects-8b"
+    assert kaggle.checkpoint_format(picked, settings.format) == "architects"
+    assert kaggle.format_overrides(settings) == ["model.format=architects"]
+    assert kaggle.preset_for_format("kaggle-t4x2", "architects") == "architects-t4x2"
