@@ -364,7 +364,7 @@ def show(task_id: str, *, challenges: Path, solutions: Path | None = None, out: 
 
 
 def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path | None = None,
-            config: str = "kaggle-l4x4", calibration: Path | None = None) -> int:
+            config: str = "kaggle-l4x4", calibration: Path | None = None, model: Path | None = None) -> int:
     """Where a run's time went: per-phase totals (seconds and share of the budget), per-task rows,
     idle time per worker and the margin left at the deadline; saves RUN_DIR/timeline.png.
     With --plan, estimate instead from measured per-token costs whether a full run fits the budget.
@@ -376,6 +376,8 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
         config: With --plan: the preset or config file to plan for.
         calibration: With --plan: a finished run directory whose measured per-token costs to plan with
             (default: assumed costs of a 4B 4-bit model on one L4).
+        model: With --plan: a model directory whose config.json gives the shape for the peak-memory
+            estimate (default: Qwen3-4B with a 16-token vocabulary).
     """
     if plan:
         if challenges is None:
@@ -385,6 +387,9 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
 
         try:
             print(plan_report(challenges, config, calibration))
+            from arcttt.memory import plan_memory_report  # peak GPU memory per preset, L4 and T4
+
+            print("\n" + plan_memory_report(config, model))
         except ConfigError as e:
             return _error(str(e))
         except (OSError, KeyError, ValueError) as e:  # a calibration directory that is not a finished run
