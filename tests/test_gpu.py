@@ -12,8 +12,8 @@ precision (hf bf16, hf bnb 4-bit, unsloth 16-bit, unsloth 4-bit):
 - ``pipeline.solve_task`` end to end, with attempts and TTT steps.
 
 Skipped without CUDA (``pytest -m gpu``; ``bench/gpu_check.sh`` runs them on a GPU machine). Each
-backend runs in a child interpreter, as in test_unsloth.py: unsloth patches transformers
-process-wide. ``ARCTTT_GPU_TEST_MODEL=DIR`` runs them on a prepared model instead of the random
+backend runs in a child interpreter, as in test_unsloth.py (unsloth patches transformers
+process-wide); the four children run at once, each with its own unsloth compile folder. ``ARCTTT_GPU_TEST_MODEL=DIR`` runs them on a prepared model instead of the random
 one; ``ARCTTT_GPU_OUT=DIR`` also writes each child's figures there as JSON.
 """
 
@@ -176,19 +176,36 @@ def gpu_model_dir(tmp_path_factory):
     return Path(given) if given else small_qwen3(tmp_path_factory.mktemp("qwen3-small") / "model")
 
 
+@pytest.fixture(scope="module")
+def children(gpu_model_dir, tmp_path_factory):
+    """One child interpreter per backend and precision, all started at once: (process, its folder)."""
+    procs = {}
+    for backend, bits in BACKENDS:
+        if backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
+            continue
+        cwd = tmp_path_factory.mktemp(f"{backend}-{bits}bit")
+        env = os.environ | {"PYTHONUNBUFFERED": "1", "UNSLOTH_COMPILE_LOCATION": str(cwd / "unsloth_compiled_cache")}
+        code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_gpu import child; "
+                f"print('RESULT', json.dumps(child({str(gpu_model_dir)!r}, {backend!r}, {bits})))")
+        with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:  # files: no pipe fills up
+            procs[backend, bits] = (subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, env=env,
+                                                     cwd=cwd), cwd)
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend,bits", BACKENDS, ids=[f"{b}-{n}bit" for b, n in BACKENDS])
-def test_gpu_backend(gpu_model_dir, backend, bits, tmp_path):
-    if backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
+def test_gpu_backend(children, backend, bits):
+    if (backend, bits) not in children:
         pytest.skip("unsloth is not installed")
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    env.pop("UNSLOTH_COMPILE_LOCATION", None)
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_gpu import child; "
-            f"print('RESULT', json.dumps(child({str(gpu_model_dir)!r}, {backend!r}, {bits})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=900)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc, cwd = children[backend, bits]
+    proc.wait(timeout=900)
+    stdout, stderr = (cwd / "stdout.txt").read_text(), (cwd / "stderr.txt").read_text()
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-4000:] + stderr[-4000:]
     r = json.loads(lines[0].removeprefix("RESULT "))
     if os.environ.get("ARCTTT_GPU_OUT"):
         Path(os.environ["ARCTTT_GPU_OUT"], f"test_gpu-{backend}-{bits}bit.json").write_text(json.dumps(r, indent=1))
