@@ -161,6 +161,8 @@ for path in sorted(work.glob("*.json")):
         figures[path.stem] = json.loads(path.read_text())
     except ValueError as e:
         figures[path.stem] = f"unreadable: {e}"
+for path in sorted(work.glob("run-*/arcttt-run/summary.json")):
+    figures[path.parts[-3] + "-summary"] = json.loads(path.read_text())
 for log in sorted(work.glob("score-*.log")):
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     figures[log.stem] = json.loads(lines[-1]) if lines else log.read_text()[-500:]
