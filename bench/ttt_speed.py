@@ -16,7 +16,9 @@ parameters, 7.3 GB in bf16) to a temporary directory (``--keep-model DIR``: ther
 by a later call), in the format ``--format``: no download. It is meant for a GPU (built there).
 MFU = tokens/s x model FLOPs per token (6N + 12·L·attn·n, ModelSession.train_flops_per_token)
 / ``--peak-tflops`` (dense bf16 peak of the card, e.g. L4 121, T4 65 (fp16), H100 SXM 989).
-Peak memory: CUDA max allocated on a GPU; the process's peak resident set (RSS) on CPU.
+Peak memory: CUDA max allocated on a GPU; the process's peak resident set (RSS) on CPU; beside it
+``estimated_train_gib``, what ``arcttt.memory`` expects this training to hold (weights, adapter,
+gradients and optimizer, activations), to check the estimate against a GPU's figure.
 """
 
 from __future__ import annotations
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from arcttt.config import RunConfig
+    from arcttt.memory import GIB, ModelShape, estimate
     from arcttt.model import LoraConfig, ModelConfig, load_model, make_tiny_model
+    from arcttt.ttt_data import DataConfig
     from arcttt.ttt import TTTConfig, train_task
 
     if args.threads:
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           train_lm_head=args.train_embeddings))
         session = load_model(model_dir, cfg)
         load_s = time.time() - t0
+        shape = ModelShape.from_model_dir(model_dir)
 
     seqs = synthetic_sequences(args.batch_size * max(args.steps, args.warmup), args.seq_len, session.token_map)
     ttt = dict(lr=1e-4, batch_tokens=args.batch_size * args.seq_len, max_batch_size=args.batch_size,
@@ -155,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     if session.device.type == "cuda":
         torch.cuda.synchronize()
     memory, memory_kind = peak_memory_gb(session.device)
+    # what arcttt.memory expects this training to hold (CUDA's allocator figure, without overhead)
+    plan = estimate(RunConfig(data=DataConfig(max_len=args.seq_len), model=cfg, ttt=TTTConfig(steps=args.steps, **ttt)),
+                    shape)
     flops_per_token = session.train_flops_per_token(args.seq_len)
     out = {
         "device": (torch.cuda.get_device_name() if session.device.type == "cuda"
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "s_per_step": round(result.seconds / max(result.steps, 1), 4),
         "s_per_token": result.seconds / max(result.tokens, 1),
         "peak_memory_gb": round(memory, 3), "memory_kind": memory_kind,
+        "estimated_train_gib": round((plan.weights + plan.adapter + plan.train) / GIB, 3),
         "model_tflops_per_s": round(result.tokens_per_s * flops_per_token / 1e12, 4),
         "mfu": (round(result.tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), 4)
                 if args.peak_tflops else None),
