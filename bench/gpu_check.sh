@@ -122,7 +122,7 @@ for b in "${backends[@]}"; do
         --load-in-4bit --seq-len 8192 --steps 4 --warmup 1 --peak-tflops "$PEAK_TFLOPS" \
         --out "$WORK/ttt-$b-4bit-r64.json"
 done
-wanted search && step search 60 150 "$PY" bench/search_speed.py --model "$MODEL" --dtype bf16 --tasks 1 --views 16 --max-new 128 \
+wanted search && step search 60 150 "$PY" bench/search_speed.py --model "$MODEL" --dtype bf16 --tasks 1 --views 16 --max-new 64 \
     --repeat 1 --dfs-seconds 5 --out "$WORK/search.json"
 
 step challenges 5 60 "$PY" -m arcttt data export --split arc-agi-1-eval --out "$WORK/data" --tasks 5

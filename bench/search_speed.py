@@ -22,7 +22,7 @@ run), for the first test input of a few real tasks under the same augmented view
   pass of prompt + answer per candidate.
 
     OMP_NUM_THREADS=1 python bench/search_speed.py --models tiny small --tasks 2 --views 4
-    python bench/search_speed.py --model DIR --dtype bf16 --tasks 1 --views 16 --max-new 128 --out s.json  # GPU
+    python bench/search_speed.py --model DIR --dtype bf16 --tasks 1 --views 16 --max-new 64 --out s.json  # GPU
 
 ``--model DIR`` measures a prepared model directory (e.g. the Qwen3-4B-shaped one that
 ``bench/ttt_speed.py --shape qwen3-4b --keep-model DIR`` builds) instead of the random tiny/small
