@@ -387,13 +387,16 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
 
         try:
             print(plan_report(challenges, config, calibration))
-            from arcttt.memory import plan_memory_report  # peak GPU memory per preset, L4 and T4
-
-            print("\n" + plan_memory_report(config, model))
         except ConfigError as e:
             return _error(str(e))
         except (OSError, KeyError, ValueError) as e:  # a calibration directory that is not a finished run
             return _error(f"calibration run {calibration}: {type(e).__name__}: {e}")
+        from arcttt.memory import plan_memory_report  # peak GPU memory per preset, L4 and T4
+
+        try:
+            print("\n" + plan_memory_report(config, model))
+        except (OSError, KeyError, ValueError) as e:  # no config.json, or one without a decoder's shape
+            return _error(f"model {model}: cannot read its shape: {type(e).__name__}: {e}")
         return 0
     if run_dir is None:
         return _error("give a RUN_DIR to profile, or --plan --challenges FILE")

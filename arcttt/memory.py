@@ -23,7 +23,8 @@
   answer), plus the prefill's working memory (one layer's hidden, q/k/v and MLP tensors for the
   whole batch, nothing kept for backward);
 - ``select``: scoring one view: the prompt's cache, its copy and its expansion across
-  ``select.batch_size`` candidates, the prefill's working memory and the candidates' logits;
+  ``select.batch_size`` candidates, the prefill's working memory, the candidates' logits and one
+  candidate's fp32 log-softmax;
 - ``overhead``: the CUDA context, cuBLAS workspaces and the allocator's fragmentation (a constant).
 
 The peak is ``weights + adapter + overhead + max(train_state + train_activations, search, select)``:
@@ -205,7 +206,8 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     if cfg.select.n_views:
         batch = cfg.select.batch_size
         # the prompt's cache, the copy kept for later batches, the expansion across the batch
-        select = (2 + batch) * longest * kv + prefill(longest) + batch * MAX_ANSWER_TOKENS * shape.vocab * (b + 4)
+        select = ((2 + batch) * longest * kv + prefill(longest)
+                  + (batch * b + 4) * MAX_ANSWER_TOKENS * shape.vocab)  # logits; one row's fp32 log-softmax
     else:
         select = 0.0
     return MemoryEstimate(weights=weights, adapter=adapter, train_state=train_state,

@@ -50,8 +50,8 @@ def test_every_part_by_hand():
     # search: 2 views a batch (64 // 32), each 32 prompt + 931 answer tokens of cache; the prefill's
     # working memory over 64 tokens (2x8 + 8 + 2x4 + 3x16 = 80 values a token); last logits fp32
     assert e.search == 2 * (32 + 931) * 32 + 64 * 80 * 2 + 2 * 10 * 4
-    # select: the cache x (2 + batch 3), prefill of one prompt, 3 answers' logits (bf16 + fp32)
-    assert e.select == 5 * 32 * 32 + 32 * 80 * 2 + 3 * 931 * 10 * (2 + 4)
+    # select: the cache x (2 + batch 3), prefill of one prompt, 3 answers' bf16 logits, one fp32 row
+    assert e.select == 5 * 32 * 32 + 32 * 80 * 2 + 3 * 931 * 10 * 2 + 931 * 10 * 4
     assert e.overhead == OVERHEAD_BYTES
     assert e.peak == e.weights + e.adapter + OVERHEAD_BYTES + e.select and e.peak_phase == "select"
 
@@ -112,3 +112,13 @@ def test_report_and_profile_plan(tmp_path):
     assert "peak GPU memory per worker (estimated; model model, 0.00 B parameters)" in out.stdout
     lines = [line for line in out.stdout.splitlines() if line.startswith("kaggle-")]
     assert [line.split()[0] for line in lines] == ["kaggle-t4x2", "kaggle-l4x4"]
+
+
+def test_profile_plan_with_a_model_that_has_no_shape(tmp_path):
+    from arcttt.data import export_split
+
+    challenges, _ = export_split("arc-agi-1-eval", tmp_path, limit=1)
+    (tmp_path / "model").mkdir()
+    out = subprocess.run([sys.executable, "-m", "arcttt", "profile", "--plan", "--challenges", str(challenges),
+                          "--model", str(tmp_path / "model")], capture_output=True, text=True)
+    assert out.returncode == 2 and "cannot read its shape: FileNotFoundError" in out.stderr, out.stderr
