@@ -184,7 +184,9 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     lora_n, full_n = adapter_params(shape, m.lora)
     adapter = lora_n * LORA_BYTES + full_n * b
     eight_bit = cfg.ttt.optimizer in ("adamw8bit", "auto")  # auto: 8-bit on a GPU
-    train_state = lora_n * (LORA_BYTES + (2 if eight_bit else 2 * LORA_BYTES)) + full_n * (b + (2 if eight_bit else 2 * b))
+    # gradients at the weights' dtype, then AdamW's two moments (fp32 / the weights' dtype, or 1 byte each)
+    moments = (2, 2) if eight_bit else (2 * LORA_BYTES, 2 * b)
+    train_state = lora_n * (LORA_BYTES + moments[0]) + full_n * (b + moments[1])
 
     longest = min(cfg.data.max_len, m.max_seq_len)
     tokens = max(cfg.ttt.batch_tokens, longest)
