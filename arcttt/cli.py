@@ -481,7 +481,7 @@ def show_prompt(task_id: str, *, challenges: Path, model: Path, format: str | No
 
 
 def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path | None = None,
-            config: str = "kaggle-l4x4", calibration: Path | None = None) -> int:
+            config: str = "kaggle-l4x4", calibration: Path | None = None, model: Path | None = None) -> int:
     """Where a run's time went: per-phase totals (seconds and share of the budget), per-task rows,
     idle time per worker and the margin left at the deadline; saves RUN_DIR/timeline.png.
     With --plan, estimate instead from measured per-token costs whether a full run fits the budget.
@@ -493,6 +493,8 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
         config: With --plan: the preset or config file to plan for.
         calibration: With --plan: a finished run directory whose measured per-token costs to plan with
             (default: assumed costs of a 4B 4-bit model on one L4).
+        model: With --plan: a model directory whose config.json gives the shape for the peak-memory
+            estimate (default: Qwen3-4B with a 16-token vocabulary).
     """
     if plan:
         if challenges is None:
@@ -509,6 +511,12 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
             raise
         except (RunDirError, OSError, KeyError, ValueError) as e:  # a calibration folder that is not a finished run
             return _error(f"calibration run {calibration}: {type(e).__name__}: {e}")
+        from arcttt.memory import plan_memory_report  # peak GPU memory per preset, L4 and T4
+
+        try:
+            print("\n" + plan_memory_report(config, model))
+        except (OSError, KeyError, ValueError) as e:  # no config.json, or one without a decoder's shape
+            return _error(f"model {model}: cannot read its shape: {type(e).__name__}: {e}")
         return 0
     if run_dir is None:
         return _error("give a RUN_DIR to profile, or --plan --challenges FILE")

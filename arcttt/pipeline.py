@@ -231,6 +231,7 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
     from arcttt.model import load_model, set_offline_env
 
     set_offline_env()  # before transformers or unsloth is first imported
+    os.environ["UNSLOTH_COMPILE_LOCATION"] += f"-worker{wid}"  # workers importing unsloth at once race on one folder
     from arcttt.config import config_from_json
 
     cfg = config_from_json(cfg_json)

@@ -22,11 +22,19 @@ run), for the first test input of a few real tasks under the same augmented view
   pass of prompt + answer per candidate.
 
     OMP_NUM_THREADS=1 python bench/search_speed.py --models tiny small --tasks 2 --views 4
+    python bench/search_speed.py --model DIR --dtype bf16 --tasks 1 --views 16 --max-new 64 --out s.json  # GPU
+
+``--model DIR`` measures a prepared model directory (e.g. the Qwen3-4B-shaped one that
+``bench/ttt_speed.py --shape qwen3-4b --keep-model DIR`` builds) instead of the random tiny/small
+ones. ``--max-new N`` caps every answer at N tokens (a random 4B model's greedy answer is 931
+tokens; ``generate`` of 16 such views one by one takes minutes): ``generate`` then makes N tokens a
+view. On a GPU every timed call ends with a device sync.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -39,7 +47,7 @@ from arcttt.augment import Augmentation
 from arcttt.data import load_split
 from arcttt.formats import answer_ids
 from arcttt.model import LoraConfig, ModelConfig, load_model, make_tiny_model
-from arcttt.search import SearchStats, search_prompts, view_augmentations
+from arcttt.search import MAX_ANSWER_TOKENS, SearchStats, search_prompts, view_augmentations
 from arcttt.select import answer_logprobs
 from arcttt.ttt_data import test_prompts
 
@@ -60,15 +68,18 @@ def timed(fn, repeat: int = 1):
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return out, best
 
 
 def bench_model(name: str, tasks, n_views: int, threshold: float, dfs_seconds: float, root: Path,
-                repeat: int) -> list[dict]:
-    session = load_model(make_tiny_model(root / name, **MODELS[name]),
-                         ModelConfig(backend="hf", dtype="fp32", lora=LoraConfig(rank=8, alpha=16)))
-    model, tm = session.model, session.token_map
+                repeat: int, model_dir: Path | None = None, dtype: str = "fp32",
+                max_new: int = MAX_ANSWER_TOKENS) -> list[dict]:
+    session = load_model(model_dir or make_tiny_model(root / name, **MODELS[name]),
+                         ModelConfig(backend="hf", dtype=dtype, lora=LoraConfig(rank=8, alpha=16)))
+    model, tm, device = session.model, session.token_map, session.device
     session.eval_mode()
     search_prompts(model, [test_prompts(tasks[0], 0, tm, [Augmentation()], 8192)[0].prompt], tm, threshold=1.0,
                    greedy=True, max_new_tokens=16)  # warm-up
@@ -87,15 +98,17 @@ def bench_model(name: str, tasks, n_views: int, threshold: float, dfs_seconds: f
         prompts = [v.prompt for v in test_prompts(task, 0, tm, augs, 8192)]
         for p in prompts:  # the prompts alone: what every method below pays before its first answer token
             with torch.inference_mode():
-                _, s = timed(lambda: model(input_ids=torch.tensor(p)[None], use_cache=True, logits_to_keep=1), repeat)
+                _, s = timed(lambda: model(input_ids=torch.tensor(p, device=device)[None], use_cache=True,
+                                           logits_to_keep=1), repeat)
             add("prefill", s, len(p), 1)
         for key, batch in (("greedy seq", False), ("greedy batch", True)):
-            (greedy, st), s = timed(lambda: _search(model, prompts, tm, threshold=1.0, greedy=True, batch=batch), repeat)
+            (greedy, st), s = timed(lambda: _search(model, prompts, tm, threshold=1.0, greedy=True, batch=batch,
+                                                    max_new_tokens=max_new), repeat)
             add(key, s, st.tokens_fed, st.forwards, st.completions)
-        lengths = [len(c[0].ids) if c else 0 for c in greedy]
+        lengths = [len(c[0].ids) if c else max_new for c in greedy]  # capped: max_new tokens
         with torch.inference_mode():
             for p, n in zip(prompts, lengths):
-                ids = torch.tensor(p)[None]
+                ids = torch.tensor(p, device=device)[None]
                 _, s = timed(lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                                     max_new_tokens=n, min_new_tokens=n, pad_token_id=tm.pad), repeat)
                 add("generate", s, n, n)
@@ -111,7 +124,7 @@ def bench_model(name: str, tasks, n_views: int, threshold: float, dfs_seconds: f
             n_tok = sum(len(a) for a in answers)
             _, s = timed(lambda: answer_logprobs(model, p, answers, batch_size=8), repeat)
             add("score cached", s, n_tok, 2)
-            _, s = timed(lambda: [_full_logprob(model, p, a) for a in answers], repeat)
+            _, s = timed(lambda: [_full_logprob(model, p, a, device) for a in answers], repeat)
             add("score full", s, n_tok, len(answers))
     out = []
     prefill = rows["prefill"]["seconds"]
@@ -136,11 +149,13 @@ def _recoloured(grid: np.ndarray, k: int) -> np.ndarray:
     return g
 
 
-def _full_logprob(model, prompt: np.ndarray, answer: np.ndarray) -> float:
+def _full_logprob(model, prompt: np.ndarray, answer: np.ndarray, device="cpu") -> float:
     """The same likelihood without the cache: prompt + answer in one forward pass."""
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor(np.concatenate([prompt, answer]))[None]).logits[0, len(prompt) - 1:-1]
-        return float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(answer)[:, None]).sum())
+        ids = torch.tensor(np.concatenate([prompt, answer]), device=device)[None]
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1]
+        target = torch.tensor(answer, device=device)[:, None]
+        return float(torch.log_softmax(logits.float(), -1).gather(-1, target).sum())
 
 
 def main() -> None:
@@ -152,6 +167,10 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=1e-6, help="of the dfs rows")
     ap.add_argument("--dfs-seconds", type=float, default=3.0, help="time limit of a dfs call (all views of a task)")
     ap.add_argument("--cells", type=int, nargs=2, default=[700, 1500], help="only tasks with this many grid cells (min max)")
+    ap.add_argument("--model", type=Path, help="a prepared model directory (instead of --models)")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="fp32", help="with --model")
+    ap.add_argument("--max-new", type=int, default=MAX_ANSWER_TOKENS, help="cap on every answer's tokens")
+    ap.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
     torch.manual_seed(0)
     tasks = pick_tasks(args.tasks, *args.cells)
@@ -160,12 +179,21 @@ def main() -> None:
           f"dfs threshold {args.threshold}, {args.dfs_seconds} s a task")
     print("| model | method | s per task | tokens/s | tokens/s without prefill | forwards per task | completions |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    names = [args.model.name] if args.model else args.models
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            for r in bench_model(name, tasks, args.views, args.threshold, args.dfs_seconds, Path(tmp), args.repeat):
+        for name in names:
+            for r in bench_model(name, tasks, args.views, args.threshold, args.dfs_seconds, Path(tmp), args.repeat,
+                                 model_dir=args.model, dtype=args.dtype if args.model else "fp32",
+                                 max_new=args.max_new):
+                rows.append(r)
                 decode = f"{r['decode_tokens_per_s']:.0f}" if r["decode_tokens_per_s"] else "-"
                 print(f"| {r['model']} | {r['method']} | {r['s_per_task']:.2f} | {r['tokens_per_s']:.0f} | {decode} | "
                       f"{r['forwards_per_task']:.0f} | {r['completions']} |", flush=True)
+    if args.out:
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+        args.out.write_text(json.dumps({"device": device, "tasks": [t.id for t in tasks], "views": args.views,
+                                        "max_new": args.max_new, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ timed ones. The model is a directory (``--model``), or built here with random we
     python bench/ttt_speed.py --hidden 256 --layers 4 --seq-len 2048
     python bench/ttt_speed.py --model DIR --backend unsloth --load-in-4bit
     python bench/ttt_speed.py --shape qwen3-4b --load-in-4bit --seq-len 8192 --peak-tflops 121   # GPU
+    python bench/ttt_speed.py --shape qwen3-4b --keep-model /tmp/q4b --format chat --steps 0    # build only
 
 ``--shape qwen3-4b`` writes a random model shaped like Qwen3-4B (hidden 2560, 36 layers, 32 heads,
 8 key/value heads, head size 128, MLP 9728, vocabulary cut to the 16 compact tokens; about 3.6 B
-parameters, 7.3 GB in bf16) to a temporary directory: no download. It is meant for a GPU.
+parameters, 7.3 GB in bf16) to a temporary directory (``--keep-model DIR``: there, kept, and reused
+by a later call), in the format ``--format``: no download. It is meant for a GPU (built there).
 MFU = tokens/s x model FLOPs per token (6N + 12·L·attn·n, ModelSession.train_flops_per_token)
 / ``--peak-tflops`` (dense bf16 peak of the card, e.g. L4 121, T4 65 (fp16), H100 SXM 989).
-Peak memory: CUDA max allocated on a GPU; the process's peak resident set (RSS) on CPU.
+Peak memory: CUDA max allocated on a GPU; the process's peak resident set (RSS) on CPU; beside it
+``estimated_train_gib``, what ``arcttt.memory`` expects this training to hold (weights, adapter,
+gradients and optimizer, activations), to check the estimate against a GPU's figure.
 """
 
 from __future__ import annotations
@@ -31,14 +35,15 @@ from pathlib import Path
 import numpy as np
 
 
-def build_qwen3_4b(out: Path) -> Path:
-    """A random model shaped like Qwen3-4B (config written here), saved in bf16 with arcttt.json."""
+def build_qwen3_4b(out: Path, format_name: str = "compact") -> Path:
+    """A random model shaped like Qwen3-4B (config written here), saved in bf16 with arcttt.json;
+    initialised on the GPU when there is one (seconds, not minutes)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from arcttt import formats
 
-    tokenizer = formats.build_tokenizer("compact")
+    tokenizer = formats.build_tokenizer(format_name)
     config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
         num_key_value_heads=8, head_dim=128, intermediate_size=9728, max_position_embeddings=40960,
@@ -49,12 +54,14 @@ def build_qwen3_4b(out: Path) -> Path:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build in bf16: half the memory of fp32
     try:
-        model = Qwen3ForCausalLM(config)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = Qwen3ForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
     model.save_pretrained(out)
+    del model
     tokenizer.save_pretrained(out)
-    formats.write_model_meta(out, formats.token_map_from_tokenizer("compact", tokenizer), source="qwen3-4b-shape")
+    formats.write_model_meta(out, formats.token_map_from_tokenizer(format_name, tokenizer), source="qwen3-4b-shape")
     return out
 
 
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="a prepared model directory (default: build one)")
     p.add_argument("--shape", choices=["tiny", "qwen3-4b"], default="tiny", help="model to build without --model")
+    p.add_argument("--format", default="compact", help="qwen3-4b shape: the arcttt format of the built model")
+    p.add_argument("--keep-model", type=Path, help="qwen3-4b shape: build into (or reuse) this directory")
     p.add_argument("--hidden", type=int, default=64, help="tiny shape: hidden size")
     p.add_argument("--layers", type=int, default=2, help="tiny shape: layers")
     p.add_argument("--heads", type=int, default=4, help="tiny shape: attention heads")
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--load-in-4bit", action="store_true")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--rank", type=int, default=64, help="LoRA rank (alpha 32, rsLoRA)")
+    p.add_argument("--train-embeddings", action="store_true", help="also train embed_tokens and lm_head in full")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -102,11 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
     args = p.parse_args(argv)
 
     import torch
 
+    from arcttt.config import RunConfig
+    from arcttt.memory import GIB, ModelShape, estimate
     from arcttt.model import LoraConfig, ModelConfig, load_model, make_tiny_model
+    from arcttt.ttt_data import DataConfig
     from arcttt.ttt import TTTConfig, train_task
 
     if args.threads:
@@ -115,18 +129,25 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         if args.model:
             model_dir = args.model
+        elif args.shape == "qwen3-4b" and args.keep_model and (args.keep_model / "config.json").is_file():
+            model_dir = args.keep_model
         elif args.shape == "qwen3-4b":
-            model_dir = build_qwen3_4b(Path(tmp) / "qwen3-4b-shape")
+            model_dir = build_qwen3_4b(args.keep_model or Path(tmp) / "qwen3-4b-shape", args.format)
         else:
             model_dir = make_tiny_model(Path(tmp) / "tiny", hidden=args.hidden, layers=args.layers, heads=args.heads,
                                         intermediate=args.intermediate or 2 * args.hidden)
         build_s = time.time() - t0
+        if args.steps == 0:
+            print(f"model: {model_dir} ({build_s:.0f} s)")
+            return {"model": str(model_dir), "build_s": build_s}
         t0 = time.time()
         cfg = ModelConfig(backend=args.backend, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
                           max_seq_len=max(args.seq_len, 16), gradient_checkpointing=args.grad_checkpointing,
-                          lora=LoraConfig(rank=args.rank, alpha=32))
+                          lora=LoraConfig(rank=args.rank, alpha=32, train_embeddings=args.train_embeddings,
+                                          train_lm_head=args.train_embeddings))
         session = load_model(model_dir, cfg)
         load_s = time.time() - t0
+        shape = ModelShape.from_model_dir(model_dir)
 
     seqs = synthetic_sequences(args.batch_size * max(args.steps, args.warmup), args.seq_len, session.token_map)
     ttt = dict(lr=1e-4, batch_tokens=args.batch_size * args.seq_len, max_batch_size=args.batch_size,
@@ -140,24 +161,31 @@ def main(argv: list[str] | None = None) -> dict:
     if session.device.type == "cuda":
         torch.cuda.synchronize()
     memory, memory_kind = peak_memory_gb(session.device)
+    # what arcttt.memory expects this training to hold (CUDA's allocator figure, without overhead)
+    plan = estimate(RunConfig(data=DataConfig(max_len=args.seq_len), model=cfg, ttt=TTTConfig(steps=args.steps, **ttt)),
+                    shape)
     flops_per_token = session.train_flops_per_token(args.seq_len)
     out = {
         "device": (torch.cuda.get_device_name() if session.device.type == "cuda"
                    else f"cpu x{torch.get_num_threads()} threads"),
         "backend": session.backend, "dtype": str(session.dtype).removeprefix("torch."), "4bit": args.load_in_4bit,
         "n_params": session.n_params, "n_layers": session.n_layers, "hidden": session.hidden_size,
-        "lora_rank": args.rank, "trainable": session.n_trainable, "seq_len": args.seq_len,
+        "lora_rank": args.rank, "train_embeddings": args.train_embeddings, "trainable": session.n_trainable,
+        "seq_len": args.seq_len,
         "batch_size": args.batch_size, "grad_checkpointing": args.grad_checkpointing,
         "steps": result.steps, "stopped": result.stopped, "skipped": result.skipped,
         "tokens_per_s": round(result.tokens_per_s, 1),
         "s_per_step": round(result.seconds / max(result.steps, 1), 4),
         "s_per_token": result.seconds / max(result.tokens, 1),
         "peak_memory_gb": round(memory, 3), "memory_kind": memory_kind,
+        "estimated_train_gib": round((plan.weights + plan.adapter + plan.train) / GIB, 3),
         "model_tflops_per_s": round(result.tokens_per_s * flops_per_token / 1e12, 4),
         "mfu": (round(result.tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), 4)
                 if args.peak_tflops else None),
         "build_s": round(build_s, 1), "load_s": round(load_s, 1),
     }
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1))
     if args.json:
         print(json.dumps(out))
     else:

@@ -1,7 +1,7 @@
 """Build the two Kaggle datasets and the kernel folder the notebook is pushed from.
 
     python kaggle/build.py --owner KAGGLE_USERNAME [--out dist/kaggle] [--python 3.11 3.12]
-                           [--only code|wheelhouse|kernel] [--competition arc-prize-2025]
+                           [--only code|wheelhouse|kernel] [--competition arc-prize-2026-arc-agi-2]
                            [--model-source OWNER/MODEL/FRAMEWORK/VARIATION/VERSION]
 
 Writes under ``--out``:

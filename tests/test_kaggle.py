@@ -222,7 +222,7 @@ def test_kernel_metadata():
     assert meta["machine_shape"] == "NvidiaL4"
     assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
     assert (KAGGLE_DIR / meta["code_file"]).resolve() == (REPO / "notebooks" / "arcttt-submit.ipynb").resolve()
-    assert meta["competition_sources"] == ["arc-prize-2025"]
+    assert meta["competition_sources"] == ["arc-prize-2026-arc-agi-2"]  # the 2026 ARC-AGI-2 competition
     slugs = {s.split("/")[1] for s in meta["dataset_sources"]}
     assert slugs == {"arcttt-code", "arcttt-wheelhouse"}
     for folder in ("code-dataset", "wheelhouse"):

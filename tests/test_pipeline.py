@@ -288,3 +288,43 @@ def test_bad_override_is_one_clear_error(eval_files, tiny_model_dir, tmp_path, c
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "ttt.nope" in err and "search.threshold" in err
+
+
+def test_each_worker_compiles_unsloth_into_its_own_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """unsloth compiles kernels into UNSLOTH_COMPILE_LOCATION at import; workers importing it at
+    once must not share that folder (the race the field notes warn of)."""
+    import logging
+    import os
+    import threading
+
+    from arcttt import pipeline
+    from arcttt.config import load_config
+
+    class StopAtOnce:  # the main process's end of the pipe: "stop" as the first message
+        def __init__(self):
+            self.sent = []
+
+        def send(self, msg):
+            self.sent.append(msg)
+
+        def poll(self, timeout=None):
+            return True
+
+        def recv(self):
+            return None
+
+    handlers = list(logging.getLogger("arcttt").handlers)
+    seen = []
+    try:
+        for wid in (0, 1):
+            monkeypatch.setenv("UNSLOTH_COMPILE_LOCATION", str(tmp_path / "ucc"))
+            conn = StopAtOnce()
+            pipeline._worker_main(wid, None, str(tiny_model_dir), load_config("cpu-smoke").to_json(), str(tmp_path),
+                                  conn, threading.Lock())
+            assert conn.sent == [("ready", wid, None)]
+            seen.append(os.environ["UNSLOTH_COMPILE_LOCATION"])
+    finally:
+        for h in set(logging.getLogger("arcttt").handlers) - set(handlers):
+            logging.getLogger("arcttt").removeHandler(h)
+            h.close()
+    assert seen == [f"{tmp_path / 'ucc'}-worker0", f"{tmp_path / 'ucc'}-worker1"]

