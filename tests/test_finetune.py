@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from arcttt.augment import Augmentation
 from arcttt.data import Pair, bundled_split, load_split
 from arcttt.finetune import (Cursor, collate_rows, content_key, encode_sample, exclude_tasks, finetune,
                              load_base, load_finetune_config, load_tasks, next_rows, packed_loss_sum)
