@@ -355,9 +355,13 @@ def load_base(path: Path, cfg: FinetuneConfig, device: torch.device):
     set_offline_env()
     from transformers import AutoModelForCausalLM
 
+    # straight onto this process's GPU (no whole copy in host memory per process); under FSDP each
+    # process then keeps only its shard, so what must fit one GPU is the weights alone, not the
+    # gradients and optimizer state (12 of the 16 bytes a weight of fp32 AdamW training)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype], local_files_only=True,
-        use_safetensors=True, trust_remote_code=False).to(device)
+        use_safetensors=True, trust_remote_code=False,
+        device_map={"": device} if device.type == "cuda" else None).to(device)
     model.config.use_cache = False
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
