@@ -253,3 +253,19 @@ def test_data_sources(tmp_path):
     assert t.id == "abc" and content_key(t) == content_key(tasks[0])
     with pytest.raises(ValueError, match="synthetic:N"):
         load_tasks("synthetic:many")
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "arcttt-tiny-syn"
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="no shipped model in weights/")
+def test_the_shipped_model_is_small_loads_and_was_trained_without_the_evaluation_sets():
+    from arcttt.formats import read_model_meta
+    from arcttt.model import LoraConfig, ModelConfig, load_model
+
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 30 * 2**20
+    _, meta = read_model_meta(SHIPPED)
+    assert meta["source"] == "arcttt finetune"
+    assert {"arc-agi-1-eval", "arc-agi-2-eval", "synthetic:500:1"} <= set(meta["excluded"])
+    session = load_model(SHIPPED, ModelConfig(backend="hf", dtype="fp32", lora=LoraConfig(rank=4, alpha=8)))
+    assert session.n_params > 900_000 and session.token_map == TM
