@@ -132,17 +132,19 @@ def main() -> None:
     results, lines, start = {}, [], time.time()
     for name, tasks in sets.items():
         verdicts = {row: [] for row in ROWS}
+        results[name] = {"tasks": [], "verdicts": verdicts}
         for n, task in enumerate(tasks):
             for row, got in evaluate_task(session, task, args).items():
                 verdicts[row] += got
+            results[name]["tasks"].append(task.id)
             print(f"{name} {n + 1}/{len(tasks)} {task.id}: "
                   f"{' '.join(str(sum(v)) for v in verdicts.values())} ({time.time() - start:.0f} s)", flush=True)
-        results[name] = {"tasks": [t.id for t in tasks], "verdicts": verdicts}
+            if args.out:  # after every task, so that a run cut short still leaves what it measured
+                args.out.write_text(json.dumps({"model": str(args.model), "seconds": time.time() - start,
+                                                "args": {k: str(v) for k, v in vars(args).items()},
+                                                "results": results}, indent=1))
         lines += table(name, verdicts) + [""]
     print("\n".join(lines))
-    if args.out:
-        args.out.write_text(json.dumps({"model": str(args.model), "args": {k: str(v) for k, v in vars(args).items()},
-                                        "seconds": time.time() - start, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
