@@ -120,6 +120,7 @@ def commands() -> dict:
         "prepare-weights": prepare_weights,
         "make-tiny-model": make_tiny_model,
         "adopt-model": adopt_model,
+        "finetune": finetune,
     }
 
 
@@ -648,6 +649,51 @@ def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat
     except (WeightsError, FormatError, OSError) as e:
         return _error(str(e))
     print(out)
+    return 0
+
+
+# --- finetune -----------------------------------------------------------------------------------
+
+def finetune(*, model: Path, out: Path, format: str | None = None, data: list[str] | None = None,
+             exclude: list[str] | None = None, config: str | None = None, set: list[str] | None = None,
+             resume: bool = False, quiet: bool = False) -> int:
+    """Fine-tune a model on many ARC tasks before test-time training, and write a ready model
+    directory to OUT (LoRA merged, safetensors, tokenizer, arcttt.json) that `run` and
+    `dry-run --model OUT` take as it is.
+
+    Every sample is a task under a random symmetry, colour permutation and pair order, packed with
+    others into rows of seq_len tokens; loss on the outputs; warmup + cosine; a checkpoint in
+    OUT/checkpoint every save_every steps. The bundled evaluation splits are always excluded.
+    On several GPUs (or CPU processes) run the same command under torchrun:
+    `torchrun --nproc_per_node 4 -m arcttt finetune ...` (DDP; --set distributed=fsdp to shard).
+
+    Args:
+        model: The base model directory (config.json, *.safetensors, tokenizer; arcttt.json or --format).
+        out: The output model directory (also holds finetune.log and the checkpoint).
+        format: Token format to train in (default: the one the base model's arcttt.json records).
+        data: A training source, repeatable: a bundled split (arc-agi-1-train, ...), a Kaggle
+            challenges file (its *_solutions.json neighbour is read), a JSONL of tasks, a folder of task
+            JSON files, or synthetic:N[:SEED] (default: arc-agi-1-train).
+        exclude: Drop every task whose id or content (or a test input) appears in this source;
+            repeatable, same kinds as --data; arc-agi-1-eval and arc-agi-2-eval are always excluded.
+        config: A finetune preset (cpu-tiny, gpu-lora, gpu-full; default: gpu-lora with a GPU, else
+            cpu-tiny) or a JSON/YAML file.
+        set: Override one config field, e.g. --set steps=200 --set lora.rank=32 --set mode=lora.
+        resume: Continue from OUT/checkpoint (same configuration; losses as if never stopped).
+        quiet: No progress bar.
+    """
+    from arcttt.config import ConfigError
+    from arcttt.data import DataFileError
+    from arcttt.finetune import finetune as run_finetune, load_finetune_config
+
+    try:
+        cfg = load_finetune_config(config, set or [])
+        summary = run_finetune(model, out, format=format, data=data or [], exclude=exclude or [], cfg=cfg,
+                               resume=resume, progress=not quiet)
+    except (ConfigError, ValueError, OSError, DataFileError) as e:
+        return _error(str(e))
+    if not summary["finished"]:
+        print(f"stopped at step {summary['steps']}; continue with --resume")
     return 0
 
 

@@ -1,0 +1,628 @@
+"""The stage before test-time training: fine-tune a causal LM on many ARC tasks (``arcttt finetune``).
+
+The recipe in three layers: :func:`finetune` (arguments, processes, data, exclusions) ->
+:func:`fit` (the loop) -> :func:`train_step` (one optimizer step, on one screen), with small named
+helpers beside them.
+
+- Data: bundled splits by name, Kaggle challenges files (their ``*_solutions.json`` neighbour is
+  read when present), JSONL files of tasks, folders of one-task JSON files, and ``synthetic:N[:SEED]``
+  (:mod:`arcttt.synthetic`). ``--exclude`` drops every task whose id, content (train pairs + test
+  inputs, in any order, whatever the id) or any test-input grid appears in the excluded sources; the
+  bundled evaluation splits are always excluded, so training on them cannot happen by accident.
+- Samples, augmented on the fly: all pairs of a task (train pairs and test pairs whose output is
+  known) under a random symmetry, colour permutation and order; the last pair is the query, the
+  others demonstrations (dropped from the front to fit ``seq_len``). Loss on the answer and on every
+  demonstration output after the first (``loss_on_demo_outputs``).
+- Packing: samples are laid end to end in rows of at most ``seq_len`` tokens with position ids
+  restarting at each sample; transformers (>= 4.54) then masks attention within each sample (no
+  attention mask is passed), so a packed row computes what the samples would alone.
+- The sample stream is a pure function of ``(seed, epoch, index)`` and the row stream of the
+  cursor saved in each checkpoint, so a resumed run sees the same rows as an uninterrupted one.
+- Processes: under ``torchrun`` every process builds the same global batch of ``batch_rows`` rows
+  and trains on its share (``rows[rank::world]``) with DDP (or FSDP2 ``fully_shard``); the loss is
+  normalised by the global number of target tokens, so N processes train as one process does.
+- At the end ``--out`` is a ready model directory (LoRA merged, safetensors, tokenizer files copied,
+  ``arcttt.json``) that ``arcttt run`` and ``dry-run --model`` take as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arcttt import formats, synthetic
+from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
+from arcttt.data import SPLITS, Pair, Task, load_challenges, load_solutions, load_split, parse_task, read_json
+from arcttt.formats import Encoded, TokenMap
+from arcttt.model import LoraConfig
+from arcttt.ttt import lr_at, make_optimizer
+
+ALWAYS_EXCLUDED = ("arc-agi-1-eval", "arc-agi-2-eval")
+CHECKPOINT = "checkpoint"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyperparameters of one fine-tuning run (``--config`` preset or file, then ``--set k=v``)."""
+
+    preset: str = "custom"
+    mode: Literal["full", "lora"] = "full"
+    """full: train every weight; lora: train an adapter (``lora``), merged into the weights at the end."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=64, alpha=32))
+    steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 1e-4
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    """The cosine decays to ``lr * min_lr_frac``."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    optimizer: Literal["adamw", "adamw8bit", "auto"] = "adamw"
+    batch_rows: int = 8
+    """Packed rows per optimizer step over all processes (the global batch; a multiple of the processes)."""
+    micro_rows: int = 1
+    """Rows in one forward/backward of one process (the rest is gradient accumulation)."""
+    seq_len: int = 8192
+    """Tokens of a packed row; a sample longer than this drops demonstrations, or is skipped."""
+    symmetries: bool = True
+    colours: bool = True
+    order: bool = True
+    keep_background: bool = True
+    """Colour 0 stays 0 under colour permutations."""
+    loss_on_demo_outputs: bool = True
+    """Loss also on every demonstration output after the first, not only on the answer."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Dtype of the trained weights (fp32 master weights are the safe choice)."""
+    autocast: bool = True
+    """On a GPU with bf16, compute forward/backward in bf16 autocast."""
+    grad_checkpointing: bool = False
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: DDP (a replica per process) or FSDP2 (weights, gradients and optimizer state sharded)."""
+    seed: int = 0
+    save_every: int = 200
+    """Write a checkpoint every this many steps (and at the end of a run that stops early)."""
+    stop_at_step: int | None = None
+    """End this run after this step, leaving a checkpoint to ``--resume`` from (as a time limit would)."""
+    keep_checkpoint: bool = False
+    """Keep OUT/checkpoint after the last step (it holds the optimizer state: about 3x the model)."""
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):
+            self.lora = LoraConfig(**self.lora)
+        errors = []
+        if self.mode not in ("full", "lora"):
+            errors.append(f"mode must be full or lora, got {self.mode!r}")
+        if self.steps < 1 or self.batch_rows < 1 or self.micro_rows < 1 or self.save_every < 1:
+            errors.append("steps, batch_rows, micro_rows and save_every must be >= 1")
+        if not self.lr > 0 or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+            errors.append(f"need lr > 0, warmup_frac in [0, 1), min_lr_frac in [0, 1]; got {self.lr}, "
+                          f"{self.warmup_frac}, {self.min_lr_frac}")
+        if self.seq_len < 16:
+            errors.append(f"seq_len must be >= 16, got {self.seq_len}")
+        if self.stop_at_step is not None and not 1 <= self.stop_at_step <= self.steps:
+            errors.append(f"stop_at_step must be in 1..steps, got {self.stop_at_step}")
+        if errors:
+            raise ValueError("FinetuneConfig: " + "; ".join(errors))
+
+
+PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
+    # a small model from random initialisation on this kind of 2-core CPU (see weights/README.md)
+    "cpu-tiny": lambda: FinetuneConfig(preset="cpu-tiny", mode="full", steps=1000, lr=2e-3, warmup_frac=0.02,
+                                       batch_rows=4, seq_len=2048, save_every=100),
+    # an adapter on a pretrained model, one or more GPUs
+    "gpu-lora": lambda: FinetuneConfig(preset="gpu-lora", mode="lora", lora=LoraConfig(rank=128, alpha=32),
+                                       steps=2000, lr=1e-4, batch_rows=16, seq_len=8192, grad_checkpointing=True),
+    # every weight (NVARC's way); FSDP when the model and AdamW do not fit one GPU
+    "gpu-full": lambda: FinetuneConfig(preset="gpu-full", mode="full", steps=2000, lr=2e-5, batch_rows=32,
+                                       seq_len=8192, grad_checkpointing=True),
+}
+
+
+def load_finetune_config(config: str | Path | None = None, overrides: list[str] | tuple = ()) -> FinetuneConfig:
+    """A preset by name (default: gpu-lora with a GPU, else cpu-tiny) or a JSON/YAML file (optionally
+    naming a ``preset`` to start from), then ``key=value`` overrides (``lora.rank=32``)."""
+    from arcttt.config import ConfigError, _merge, _nest, _split_override, _yaml
+
+    name = str(config) if config else ("gpu-lora" if torch.cuda.is_available() else "cpu-tiny")
+    if name in PRESETS:
+        cfg = PRESETS[name]()
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"config {name!r} is neither a finetune preset ({', '.join(PRESETS)}) nor a file")
+        try:
+            obj = json.loads(path.read_text()) if path.suffix == ".json" else _yaml(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"config file {path}: cannot parse ({e})") from None
+        if not isinstance(obj, dict) or obj.get("preset", "cpu-tiny") not in PRESETS:
+            raise ConfigError(f"config file {path}: not a mapping, or an unknown preset")
+        cfg = _merge(PRESETS[obj.pop("preset", "cpu-tiny")](), obj, "")
+    return _merge(cfg, _nest([_split_override(o) for o in overrides]), "")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def load_tasks(spec: str) -> list[Task]:
+    """The tasks of one ``--data``/``--exclude`` source (see the module docstring)."""
+    if spec in SPLITS:
+        return load_split(spec)
+    if spec.startswith("synthetic:"):
+        n, _, seed = spec.removeprefix("synthetic:").partition(":")
+        if not n.isdigit() or (seed and not seed.isdigit()):
+            raise ValueError(f"data source {spec!r}: write synthetic:N or synthetic:N:SEED")
+        return synthetic.generate(int(n), seed=int(seed or 0))
+    path = Path(spec)
+    if path.is_dir():
+        return [_task_with_outputs(p.stem, read_json(p, "task")) for p in sorted(path.glob("*.json"))]
+    if path.suffix == ".jsonl":
+        tasks = []
+        for k, line in enumerate(path.read_text().splitlines()):
+            if line.strip():
+                obj = json.loads(line)
+                tasks.append(_task_with_outputs(str(obj.get("id", f"{path.stem}-{k}")), obj))
+        return tasks
+    if path.is_file():
+        solutions_path = path.with_name(path.name.replace("challenges", "solutions"))
+        if "challenges" in path.name and solutions_path.is_file():
+            solutions = load_solutions(solutions_path)
+            return [parse_task(t.id, _raw(t), [g.tolist() for g in solutions[t.id]]) if t.id in solutions else t
+                    for t in load_challenges(path).tasks.values()]
+        raw = read_json(path, "tasks")
+        if isinstance(raw, dict) and "train" in raw:  # one task in the original ARC form
+            return [_task_with_outputs(path.stem, raw)]
+        return [_task_with_outputs(tid, obj) for tid, obj in raw.items()]
+    raise ValueError(f"data source {spec!r}: not a split ({', '.join(SPLITS)}), synthetic:N, a file or a folder")
+
+
+def _raw(task: Task) -> dict:
+    return {"train": [{"input": p.input.tolist(), "output": p.output.tolist()} for p in task.train],
+            "test": [{"input": g.tolist()} for g in task.test_inputs]}
+
+
+def _task_with_outputs(task_id: str, obj: dict) -> Task:
+    """A task in the original ARC form, whose test entries may hold their outputs."""
+    tests = obj.get("test", []) if isinstance(obj, dict) else []
+    outputs = [t.get("output") for t in tests if isinstance(t, dict)]
+    return parse_task(task_id, obj, outputs if outputs and all(o is not None for o in outputs) else None)
+
+
+def _grid_key(g: np.ndarray) -> bytes:
+    return hashlib.sha256(f"{g.shape}".encode() + np.ascontiguousarray(g, dtype=np.uint8).tobytes()).digest()
+
+
+def content_key(task: Task) -> str:
+    """A hash of a task's train pairs and test inputs, independent of its id and of their order."""
+    pairs = sorted(_grid_key(p.input) + _grid_key(p.output) for p in task.train)
+    tests = sorted(_grid_key(g) for g in task.test_inputs)
+    return hashlib.sha256(b"".join(pairs) + b"|" + b"".join(tests)).hexdigest()
+
+
+def exclude_tasks(tasks: list[Task], excluded: list[Task]) -> tuple[list[Task], dict[str, int]]:
+    """``tasks`` less every one whose id or content is among ``excluded``, or which holds (as any
+    input) a test input of an excluded task; and how many each reason dropped."""
+    ids = {t.id for t in excluded}
+    contents = {content_key(t) for t in excluded}
+    test_grids = {_grid_key(g) for t in excluded for g in t.test_inputs}
+    kept, dropped = [], {"id": 0, "content": 0, "test_grid": 0}
+    for t in tasks:
+        if t.id in ids:
+            dropped["id"] += 1
+        elif content_key(t) in contents:
+            dropped["content"] += 1
+        elif any(_grid_key(g) in test_grids for g in [*t.test_inputs, *(p.input for p in t.train)]):
+            dropped["test_grid"] += 1
+        else:
+            kept.append(t)
+    return kept, dropped
+
+
+# --- samples and packed rows --------------------------------------------------------------------
+
+@dataclass
+class Cursor:
+    """Where the sample stream stands: sample ``index`` of the shuffled order of ``epoch``."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+def encode_sample(task: Task, rng: np.random.Generator, tm: TokenMap, cfg: FinetuneConfig) -> Encoded | None:
+    """One augmented sample of ``task`` (see the module docstring); None if even one pair alone
+    (with a single demonstration) does not fit ``seq_len``."""
+    pairs = list(task.train)
+    if task.test_outputs is not None:
+        pairs += [Pair(i, o) for i, o in zip(task.test_inputs, task.test_outputs)]
+    aug = Augmentation(D8_NAMES[int(rng.integers(8))] if cfg.symmetries else "id",
+                       random_colours(rng, cfg.keep_background) if cfg.colours else IDENTITY_COLOURS,
+                       tuple(int(i) for i in rng.permutation(len(pairs))) if cfg.order else None)
+    *demos, last = aug.pairs(pairs)
+    while demos:
+        enc = formats.encode(demos, last.input, tm, last.output, loss_on_demo_outputs=cfg.loss_on_demo_outputs)
+        if len(enc) <= cfg.seq_len:
+            return enc
+        demos = demos[1:]
+    return None
+
+
+def next_rows(tasks: list[Task], cursor: Cursor, n_rows: int, tm: TokenMap,
+              cfg: FinetuneConfig) -> tuple[list[list[Encoded]], Cursor]:
+    """The next ``n_rows`` packed rows of the stream and the cursor after them (a pure function)."""
+    epoch, index = cursor.epoch, cursor.index
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(tasks))
+    rows: list[list[Encoded]] = [[]]
+    used, skipped_in_a_row = 0, 0
+    while True:
+        if index == len(tasks):
+            epoch, index = epoch + 1, 0
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(tasks))
+        sample = encode_sample(tasks[order[index]], np.random.default_rng([cfg.seed, epoch, index]), tm, cfg)
+        if sample is None:
+            index += 1
+            skipped_in_a_row += 1
+            if skipped_in_a_row > len(tasks):
+                raise ValueError(f"no task fits in seq_len={cfg.seq_len} tokens")
+            continue
+        skipped_in_a_row = 0
+        if used + len(sample) > cfg.seq_len:  # this row is full: the sample opens the next one
+            if len(rows) == n_rows:
+                return rows, Cursor(epoch, index)
+            rows.append([])
+            used = 0
+        rows[-1].append(sample)
+        used += len(sample)
+        index += 1
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor      # int64 [b, n], right-padded
+    position_ids: torch.Tensor   # int64 [b, n], restarting at 0 at each sample (and at the padding)
+    targets: torch.Tensor        # bool [b, n]: the token at t is a target (predicted from t-1)
+    tokens: int                  # non-padding tokens
+
+
+def collate_rows(rows: list[list[Encoded]], pad: int) -> PackedBatch:
+    n = max(sum(len(s) for s in row) for row in rows)
+    ids = np.full((len(rows), n), pad, dtype=np.int64)
+    pos = np.zeros((len(rows), n), dtype=np.int64)
+    targets = np.zeros((len(rows), n), dtype=bool)
+    tokens = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            ids[r, at:at + len(s)] = s.ids
+            pos[r, at:at + len(s)] = np.arange(len(s))
+            targets[r, at + 1:at + len(s)] = s.loss_mask[1:]  # a sample's first token is never predicted
+            at += len(s)
+        pos[r, at:] = np.arange(n - at)
+        tokens += at
+    return PackedBatch(torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(targets), tokens)
+
+
+def packed_loss_sum(model, batch: PackedBatch, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the target tokens of a packed batch (no attention mask: the position
+    ids tell transformers where each sample starts)."""
+    ids, pos, targets = (t.to(device, non_blocking=True) for t in (batch.input_ids, batch.position_ids, batch.targets))
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    picked = targets[:, 1:]
+    return F.cross_entropy(logits[:, :-1][picked].float(), ids[:, 1:][picked], reduction="sum")
+
+
+# --- processes, model, checkpoints ----------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """The process group torchrun describes in the environment (gloo on CPU, nccl on GPUs), or a
+    single process when not under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(int(os.environ.get("RANK", "0")), world, device)
+
+
+def load_base(path: Path, cfg: FinetuneConfig, device: torch.device):
+    """The model to train: weights in ``cfg.dtype`` on ``device``, with a LoRA adapter in lora mode."""
+    from arcttt.model import set_offline_env
+
+    set_offline_env()
+    from transformers import AutoModelForCausalLM
+
+    # straight onto this process's GPU (no whole copy in host memory per process); under FSDP each
+    # process then keeps only its shard, so what must fit one GPU is the weights alone, not the
+    # gradients and optimizer state (12 of the 16 bytes a weight of fp32 AdamW training)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype], local_files_only=True,
+        use_safetensors=True, trust_remote_code=False,
+        device_map={"": device} if device.type == "cuda" else None).to(device)
+    model.config.use_cache = False
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.mode == "lora":
+        model = _with_lora(model, cfg.lora)
+    return model
+
+
+def _with_lora(model, lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    return get_peft_model(model, PeftLoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
+        target_modules=list(lora.target_modules), modules_to_save=lora.full_modules or None, bias="none",
+        task_type="CAUSAL_LM"))
+
+
+def wrap(model, cfg: FinetuneConfig, dist: Dist):
+    """DDP or FSDP2 around the model under more than one process; the model itself otherwise."""
+    if dist.world == 1:
+        return model
+    if cfg.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for module in model.modules():  # one shard group per decoder layer, then the rest
+            if type(module).__name__.endswith("DecoderLayer"):
+                fully_shard(module)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+def _no_grad_sync(model, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if last or not torch.distributed.is_initialized():
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    model.set_requires_gradient_sync(False)  # FSDP2: switched back on before the last micro-batch
+    return contextlib.nullcontext()
+
+
+def _state_options(cfg: FinetuneConfig, **kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, ignore_frozen_params=cfg.mode == "lora", **kw)
+
+
+def save_checkpoint(folder: Path, model, opt, state: dict, cfg: FinetuneConfig, dist: Dist) -> None:
+    """Weights that train, optimizer state and the loop's state, written by the main process to a
+    temporary folder that replaces the old checkpoint at once (a crash leaves the old one whole)."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    options = _state_options(cfg, cpu_offload=dist.world > 1)
+    weights = get_model_state_dict(model, options=options)  # collective under FSDP
+    optim = get_optimizer_state_dict(model, opt, options=options)
+    if dist.main:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "config": dataclasses.asdict(cfg)}, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
+    """Restore weights and optimizer state into every process; returns the loop's state."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = json.loads((folder / "state.json").read_text())
+    saved, now = dict(state["config"]), json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists
+    for key in ("stop_at_step", "save_every", "keep_checkpoint"):  # may change between runs
+        saved.pop(key, None)
+        now.pop(key, None)
+    if saved != now:
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise ValueError(f"{folder}: the checkpoint was written under another configuration ({', '.join(changed)})")
+    # lora: the checkpoint holds the adapter only (the frozen weights come from the base model)
+    keys = set_model_state_dict(model, load_file(str(folder / "model.safetensors")),
+                                options=_state_options(cfg, strict=cfg.mode == "full"))
+    if keys.unexpected_keys:
+        raise ValueError(f"{folder}: the checkpoint holds weights the model lacks: {keys.unexpected_keys[:3]}")
+    set_optimizer_state_dict(model, opt, torch.load(folder / "optimizer.pt", weights_only=True),
+                             options=_state_options(cfg))
+    return state
+
+
+def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig, dist: Dist, meta: dict) -> None:
+    """Write the trained model to ``out`` as a ready model directory: the base architecture with the
+    trained weights (the adapter merged), in the base's dtype, its tokenizer files and arcttt.json."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from arcttt.weights import portable_config
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=dist.world > 1))
+    if not dist.main:
+        return
+    fresh = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto", local_files_only=True,
+                                                 use_safetensors=True, trust_remote_code=False)
+    if cfg.mode == "lora":
+        fresh = _with_lora(fresh, cfg.lora)
+    fresh.load_state_dict(weights)
+    if cfg.mode == "lora":
+        fresh = fresh.merge_and_unload()
+    fresh.config.use_cache = True
+    fresh.save_pretrained(out)
+    portable_config(out / "config.json")
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, out / name)
+    formats.write_model_meta(out, tm, source="arcttt finetune", **meta)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _autocast(cfg: FinetuneConfig, device: torch.device):
+    if device.type == "cuda" and cfg.autocast and cfg.dtype == "fp32" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model, opt, params, rows: list[list[Encoded]], step: int, cfg: FinetuneConfig, dist: Dist,
+               pad: int) -> tuple[float, int]:
+    """One optimizer step on this process's share of the global batch ``rows``; returns the mean
+    loss over all target tokens of the global batch and the global batch's tokens."""
+    n_targets = sum(int(s.loss_mask[1:].sum()) for row in rows for s in row)  # every process knows all rows
+    mine = rows[dist.rank::dist.world]
+    micro = [mine[k:k + cfg.micro_rows] for k in range(0, len(mine), cfg.micro_rows)]
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss_sum = torch.zeros((), device=dist.device)
+    for k, chunk in enumerate(micro):
+        last = k == len(micro) - 1
+        if last and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(True)
+        with _no_grad_sync(model, last), _autocast(cfg, dist.device):
+            part = packed_loss_sum(model, collate_rows(chunk, pad), dist.device)
+            # processes average gradients: scaling by world makes the sum over all of them / n_targets
+            (part * dist.world / n_targets).backward()
+        loss_sum += part.detach()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if dist.world > 1:
+        torch.distributed.all_reduce(loss_sum)  # a sync point; for the logged loss only
+    return float(loss_sum) / n_targets, sum(len(s) for row in rows for s in row)
+
+
+def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: Dist, out: Path,
+        state: dict, log: Callable[[str], None], progress: bool) -> dict:
+    """Steps from ``state["step"]`` to the end (or to ``stop_at_step``), checkpointing on the way."""
+    from tqdm import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    cursor = Cursor(*state["cursor"])
+    end = cfg.stop_at_step or cfg.steps
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not (progress and dist.main), unit="step",
+               dynamic_ncols=True)
+    model.train()
+    for step in range(state["step"], end):
+        t0 = time.time()
+        rows, cursor = next_rows(tasks, cursor, cfg.batch_rows, tm, cfg)
+        loss, tokens = train_step(model, opt, params, rows, step, cfg, dist, tm.pad)
+        seconds = time.time() - t0
+        state.update(step=step + 1, cursor=[cursor.epoch, cursor.index], tokens=state["tokens"] + tokens,
+                     seconds=state["seconds"] + seconds)
+        state["losses"].append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}", epoch=cursor.epoch)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+            save_checkpoint(out / CHECKPOINT, model, opt, state, cfg, dist)
+        if (step + 1) % max(1, cfg.save_every // 4) == 0 or step + 1 == end:
+            log(f"step {step + 1}/{cfg.steps} loss {loss:.4f} lr {lr_at(step, cfg):.2e} "
+                f"{tokens / max(seconds, 1e-9):.0f} tok/s epoch {cursor.epoch}")
+    bar.close()
+    return state
+
+
+def finetune(model: str | Path, out: str | Path, *, format: str | None = None, data: list[str] = (),
+             exclude: list[str] = (), cfg: FinetuneConfig | None = None, resume: bool = False,
+             progress: bool = True) -> dict:
+    """Fine-tune the model in ``model`` on the tasks of ``data`` (less ``exclude`` and the bundled
+    evaluation splits) and write a ready model directory to ``out``; returns a summary."""
+    cfg = cfg or load_finetune_config()
+    base, out = Path(model), Path(out)
+    dist = setup_distributed()
+    if cfg.batch_rows % dist.world:
+        raise ValueError(f"batch_rows ({cfg.batch_rows}) must be a multiple of the processes ({dist.world})")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "finetune.log"
+
+    def log(message: str) -> None:
+        if dist.main:
+            line = f"{time.strftime('%H:%M:%S')} {message}"
+            print(line, flush=True)
+            with open(log_file, "a") as f:
+                f.write(line + "\n")
+
+    tm = _token_map(base, format)
+    tasks = [t for spec in (data or ["arc-agi-1-train"]) for t in load_tasks(spec)]
+    excluded = [t for spec in dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]) for t in load_tasks(spec)]
+    tasks, dropped = exclude_tasks(tasks, excluded)
+    log(f"data {', '.join(data or ['arc-agi-1-train'])}: {len(tasks)} tasks kept; dropped {sum(dropped.values())} "
+        f"found in --exclude ({', '.join(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]))}): {dropped['id']} by id, "
+        f"{dropped['content']} by content, {dropped['test_grid']} by a test input")
+    if not tasks:
+        raise ValueError("no training tasks left after the exclusions")
+    torch.manual_seed(cfg.seed)
+    net = load_base(base, cfg, dist.device)
+    wrapped = wrap(net, cfg, dist)
+    opt = make_optimizer([p for p in wrapped.parameters() if p.requires_grad], cfg, dist.device)
+    state = {"step": 0, "cursor": [0, 0], "losses": [], "tokens": 0, "seconds": 0.0}
+    if resume and (out / CHECKPOINT).is_dir():
+        state = load_checkpoint(out / CHECKPOINT, wrapped, opt, cfg)
+        state.pop("config", None)
+        log(f"resumed from {out / CHECKPOINT} at step {state['step']}")
+    elif resume:
+        log(f"--resume: no checkpoint in {out}; starting at step 0")
+    elif (out / CHECKPOINT).is_dir():
+        raise ValueError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
+    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    log(f"training {cfg.mode} ({n_trainable:,} weights) on {dist.world} process(es), {dist.device}; "
+        f"{cfg.steps} steps of {cfg.batch_rows} rows x {cfg.seq_len} tokens")
+    state = fit(wrapped, opt, tasks, tm, cfg, dist, out, state, log, progress)
+    summary = {"steps": state["step"], "losses": state["losses"], "tokens": state["tokens"],
+               "tokens_per_s": state["tokens"] / max(state["seconds"], 1e-9), "tasks": len(tasks),
+               "dropped": dropped, "finished": state["step"] == cfg.steps}
+    if summary["finished"]:
+        export_model(out, base, wrapped, tm, cfg, dist, {
+            "base": str(base), "steps": cfg.steps, "data": list(data or ["arc-agi-1-train"]),
+            "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]))})
+        if dist.main:
+            (out / "finetune.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **summary}, indent=1))
+            if not cfg.keep_checkpoint:
+                shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+        log(f"wrote {out}: final loss {state['losses'][-1]:.4f}, {summary['tokens_per_s']:.0f} tok/s")
+    if dist.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _token_map(base: Path, format: str | None) -> TokenMap:
+    """The base model's recorded token map, or (``format`` differs or none is recorded) one read
+    from its tokenizer."""
+    if (base / formats.META_FILE).is_file():
+        tm, _ = formats.read_model_meta(base)
+        if format is None or format == tm.format:
+            return tm
+    if format is None:
+        raise ValueError(f"{base} has no {formats.META_FILE}: say which format to train with --format")
+    from transformers import AutoTokenizer
+
+    return formats.token_map_from_tokenizer(format, AutoTokenizer.from_pretrained(str(base), local_files_only=True))
