@@ -196,8 +196,8 @@ def test_the_written_model_runs_through_the_pipeline(pinned_run, tiny_model_dir)
     # a model this young never ends its answer: greedy decoding would run to 30x30 cells, so the
     # search gets a few seconds (what it found by then, or the cheap guesses, become the attempts)
     result = solve_task(session, task, cfg, TaskDeadlines(now, now + 60, now + 65, now + 70))
-    assert result["status"] == "ok" and result["ttt"]["steps"] > 0
-    assert len(result["tests"]) == 1 and len(result["tests"][0]["attempts"]) == 2
+    assert result.status == "ok" and result.ttt.steps > 0
+    assert len(result.tests) == 1 and len(result.tests[0].attempts) == 2
 
 
 def test_lora_mode_writes_merged_weights(tiny_model_dir, tmp_path):
