@@ -350,7 +350,7 @@ def setup_distributed() -> Dist:
 
 def load_base(path: Path, cfg: FinetuneConfig, device: torch.device):
     """The model to train: weights in ``cfg.dtype`` on ``device``, with a LoRA adapter in lora mode."""
-    from arcttt.model import set_offline_env
+    from arcttt.offline import set_offline_env
 
     set_offline_env()
     from transformers import AutoModelForCausalLM

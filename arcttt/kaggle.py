@@ -29,13 +29,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
+from arcttt import offline
 from arcttt.hardware import Gpu, choose_preset, detect_gpus  # noqa: F401 - part of this module's interface
 
 TEST_CHALLENGES = "arc-agi_test_challenges.json"
@@ -218,33 +218,10 @@ def machine_report(gpus: Sequence[Gpu]) -> str:
 
 # --- environment ----------------------------------------------------------------------------------
 
-def offline_env(cache_dir: str | Path) -> dict[str, str]:
-    """Variables that keep Hugging Face, unsloth and wandb from reaching the network (the rerun has
-    none, and a library that waits on a timeout burns the budget) and give unsloth a writable folder
-    for the code it compiles (``/kaggle/input`` is read-only; the default is relative to the cwd)."""
-    return {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "UNSLOTH_DISABLE_STATISTICS": "1",
-        "UNSLOTH_COMPILE_LOCATION": str(cache_dir),
-        "WANDB_DISABLED": "true",
-        "WANDB_MODE": "disabled",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
 def set_offline_env(environ: MutableMapping[str, str] | None = None,
                     cache_dir: str | Path | None = None) -> dict[str, str]:
-    """Set :func:`offline_env` in ``environ`` (``os.environ``), overriding what is there; returns it.
-    Must run before transformers or unsloth is imported: they read some of these at import."""
-    environ = os.environ if environ is None else environ
-    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "arcttt-unsloth-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    values = offline_env(cache)
-    environ.update(values)
-    return values
+    """:func:`arcttt.offline.set_offline_env`, overriding what is there (the notebook's start)."""
+    return offline.set_offline_env(environ, cache_dir, override=True)
 
 
 # --- the notebook ---------------------------------------------------------------------------------

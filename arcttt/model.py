@@ -28,8 +28,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from arcttt import formats
+from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
 
 # All linear layers of a Llama/Qwen/Mistral decoder block.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -197,15 +196,6 @@ class ModelSession:
                 "n_layers": self.n_layers, "hidden_size": self.hidden_size, "attn_dim": self.attn_dim,
                 "n_trainable": self.n_trainable,
                 "cfg": asdict(self.cfg)}
-
-
-def set_offline_env() -> None:
-    """Keep transformers, the hub client and unsloth off the network; must run before they are imported
-    (they read these once). unsloth compiles kernels into its working directory unless told otherwise."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(Path(tempfile.gettempdir()) / "unsloth_compiled_cache"))
 
 
 def unsloth_available() -> bool:

@@ -228,7 +228,8 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
     tqdm.set_lock(threading.RLock())  # progress bars (model loading) without a multiprocessing semaphore
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from arcttt.model import load_model, set_offline_env
+    from arcttt.model import load_model
+    from arcttt.offline import set_offline_env
 
     set_offline_env()  # before transformers or unsloth is first imported
     os.environ["UNSLOTH_COMPILE_LOCATION"] += f"-worker{wid}"  # workers importing unsloth at once race on one folder

@@ -30,7 +30,7 @@ class WeightsError(ValueError):
 
 def _offline() -> None:
     # before transformers is imported: nothing here may reach a model hub
-    from arcttt.model import set_offline_env
+    from arcttt.offline import set_offline_env
 
     set_offline_env()
 

@@ -447,7 +447,7 @@ def test_notebook_main_resumes_its_own_run_folder(tmp_path, monkeypatch):
     from arcttt.data import load_challenges
     from arcttt.submission import SubmissionWriter
 
-    challenges = challenges_tree(tmp_path / "in")
+    challenges_tree(tmp_path / "in")
     settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
     seen = {}
 
