@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
 from arcttt import offline
+from arcttt.offline import offline_env  # noqa: F401 - part of this module's interface
 from arcttt.hardware import Gpu, choose_preset, detect_gpus  # noqa: F401 - part of this module's interface
 
 TEST_CHALLENGES = "arc-agi_test_challenges.json"
