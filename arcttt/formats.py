@@ -38,6 +38,7 @@ test models, cut vocabularies), with no download.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,6 +345,7 @@ def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap:
     return tm
 
 
+@functools.lru_cache(maxsize=None)
 def own_token_map(format_name: str) -> TokenMap:
     """A format's token map over its own vocabulary (:attr:`FormatSpec.vocabulary`)."""
     fmt = spec(format_name)
@@ -369,8 +371,8 @@ def check_token_map(got: TokenMap, expected: TokenMap, *, got_from: str, expecte
         a, b = getattr(got, name), getattr(expected, name)
         if a != b:
             show = (lambda v: list(v) if isinstance(v, tuple) else v)
-            raise FormatError(f"{name} {_piece_text(expected, name)} is {show(a)} in {got_from} but "
-                              f"{show(b)} in {expected_from}".replace("  ", " "))
+            label = " ".join(filter(None, (name, _piece_text(expected, name))))
+            raise FormatError(f"{label} is {show(a)} in {got_from} but {show(b)} in {expected_from}")
 
 
 def detect_format(tokenizer: Any) -> str | None:

@@ -133,7 +133,7 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> T
                                       search_end=start + window * search_part, select_end=start + window)
         except torch.OutOfMemoryError as e:  # this input keeps its cheap guesses; the others go on
             torch.cuda.empty_cache()
-            test.error = f"out of memory: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            test.error = f"out of memory: {_first_line(e)}"
             log.warning("task %s test %d: %s", show_id(task.id), i, test.error)
         result.tests.append(test)
     result.end = time.time()
@@ -166,7 +166,7 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
         except torch.OutOfMemoryError as e:
             # the search's candidates survive: ranked by their hits and search logprob, no views scored
             torch.cuda.empty_cache()
-            select_error = f"out of memory in scoring: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            select_error = f"out of memory in scoring: {_first_line(e)}"
             log.warning("task %s test %d: %s; ranking by the search alone", task.id, i, select_error)
             scored = score_session(session, task, i, candidates, [], cfg.select, deadline=select_end)
         attempts = choose_attempts(scored, *defaults)  # the cheap guesses fill in
@@ -175,6 +175,12 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
                       search={"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
                               "timed_out": stats.timed_out, "oom": stats.oom},
                       error=select_error)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut at ``limit`` characters (CUDA's OOM message runs on for lines)."""
+    text = str(error)
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def one_line(text: str, limit: int = 300) -> str:
