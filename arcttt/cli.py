@@ -277,8 +277,10 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
 
     Exports the first TASKS tasks of a bundled split, runs the pipeline on them and writes, in OUT:
     submission.json, score.json, report.html, timeline.png and the run files. With no --model it
-    builds the tiny random model and uses the cpu-smoke preset, so it ends in a few minutes on a
-    CPU (a random model solves nothing: this checks the mechanics, not accuracy). Run again on the
+    uses arcttt's own small trained model (weights/arcttt-tiny-syn, about 1 M weights trained on a
+    CPU: a measurable stand-in, not a competitive model; the tiny random model when the folder is
+    missing) and the cpu-smoke preset, so it ends in a few minutes on a CPU. It prints one line
+    saying what the model is. Run again on the
     same OUT, it replaces the earlier dry run (so the profile and report show the new one), unless
     --resume. Exit codes as for `arcttt run`.
 
@@ -286,7 +288,7 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         out: Output folder.
         split: arc-agi-1-train, arc-agi-1-eval, arc-agi-2-train or arc-agi-2-eval.
         tasks: How many tasks of the split (the first by id).
-        model: A prepared model directory (default: build the tiny random model).
+        model: A prepared model directory (default: weights/arcttt-tiny-syn, else a tiny random model).
         format: The format the model was trained on, for a directory without arcttt.json (see run).
         time_budget: Seconds for the run, a positive number (default: the preset's).
         config: A preset or config file (default: cpu-smoke for the tiny model, else auto: the preset for
@@ -351,6 +353,8 @@ def _run_command(call, challenges: Path | None, out: Path) -> int:
         if isinstance(e, ConfigError):
             return _error(str(e))
         raise
+    if summary.get("model"):
+        print(f"model: {summary['model']}")
     for note in summary.get("notes", []):
         print(f"note: {note}")
     print(_summary_line(summary, out))

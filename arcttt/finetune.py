@@ -456,6 +456,15 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
     return state
 
 
+def _meta_source(model_dir: Path) -> str | None:
+    """Where the base came from, as its ``arcttt.json`` says (``make_tiny_model``: a random init)."""
+    try:
+        meta = json.loads((Path(model_dir) / formats.META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("source") if isinstance(meta, dict) else None
+
+
 def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig, dist: Dist, meta: dict) -> None:
     """Write the trained model to ``out`` as a ready model directory: the base architecture with the
     trained weights (the adapter merged), in the base's dtype, its tokenizer files and arcttt.json."""
@@ -601,7 +610,7 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
                "dropped": dropped, "finished": state["step"] == cfg.steps}
     if summary["finished"]:
         export_model(out, base, wrapped, tm, cfg, dist, {
-            "base": str(base), "steps": cfg.steps, "data": list(data or ["arc-agi-1-train"]),
+            "base": str(base), "base_source": _meta_source(base), "steps": cfg.steps, "data": list(data or ["arc-agi-1-train"]),
             "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]))})
         if dist.main:
             (out / "finetune.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **summary}, indent=1))

@@ -42,6 +42,10 @@ LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "arcttt-tiny-syn"
+"""arcttt's own small model trained by ``arcttt finetune`` (weights/README.md): the default dry run's."""
+
+
 class ModelLoadError(RuntimeError):
     """A model directory that cannot be loaded; the message names the path and the fault."""
 
@@ -266,6 +270,71 @@ def model_token_map(path: Path, format: str | None = None) -> tuple[formats.Toke
     token_map = formats.token_map_from_tokenizer(name, tokenizer)
     return token_map, {"format": name, "token_map": token_map.to_json(),
                        "source": "format given" if format else "format detected from the tokenizer"}
+
+
+def describe_model_dir(path: str | Path, format: str | None = None) -> str:
+    """One line saying what the model in ``path`` is: architecture, size, dtype, format and where
+    it came from (``arcttt.json``'s record: a random tiny model, an ``arcttt finetune`` run and its
+    data, a prepared or adopted checkpoint). Reads only config.json, arcttt.json and the safetensors
+    headers; never raises (a part it cannot read is left out)."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path}: not found"
+    parts = []
+    try:
+        config = json.loads((path / "config.json").read_text())
+        arch = (config.get("architectures") or [config.get("model_type", "?")])[0]
+        layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
+        parts.append(f"{arch}, {layers} layers x {hidden}" if layers and hidden else arch)
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        config = {}
+    n = _count_saved_weights(path)
+    if n:
+        parts.append(f"{n:,} weights")
+    if prequantized(path):
+        parts.append("bnb 4-bit as saved")
+    elif isinstance(config, dict) and (config.get("dtype") or config.get("torch_dtype")):
+        parts.append(str(config.get("dtype") or config.get("torch_dtype")))
+    try:
+        meta = json.loads((path / formats.META_FILE).read_text())
+        meta = meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        meta = {}
+    name = meta.get("format") or format
+    if name:
+        parts.append(f"format {name}")
+    source = meta.get("source")
+    if source == "make_tiny_model":
+        parts.append("random weights from make_tiny_model (solves nothing: checks the mechanics)")
+    elif source == "arcttt finetune":
+        data = " + ".join(meta.get("data") or []) or "?"
+        base = meta.get("base_source")
+        origin = "from random init" if base == "make_tiny_model" else f"from {meta.get('base', '?')}"
+        parts.append(f"trained by arcttt finetune {origin}, {meta.get('steps', '?')} steps on {data}; excluded: "
+                     f"{', '.join(meta.get('excluded') or []) or 'nothing'}")
+    elif source:
+        parts.append(str(source))
+    elif not meta:
+        parts.append("no arcttt.json (a published checkpoint, run in its given or detected format)")
+    return f"{path}: " + ", ".join(parts)
+
+
+def _count_saved_weights(path: Path) -> int:
+    """Elements in the directory's safetensors files, from their headers (0 if unreadable)."""
+    total = 0
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        except (OSError, ValueError):
+            return 0
+        for key, entry in header.items():
+            if key != "__metadata__" and isinstance(entry, dict):
+                n = 1
+                for d in entry.get("shape", []):
+                    n *= int(d)
+                total += n
+    return total
 
 
 def prequantized(path: Path) -> bool:

@@ -543,6 +543,9 @@ def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: 
 
     summary = {"tasks": len(loaded.ids), "resumed": len(done), "redone": dict(redo), "rejected": len(loaded.rejected),
                "answered": 0, "failed": 0, "unstarted": 0, "notes": notes, "write_errors": writes}
+    from arcttt.model import describe_model_dir
+
+    summary["model"] = describe_model_dir(model, cfg.model.format)
     if todo:
         from arcttt.model import ModelLoadError, check_model_dir
 
@@ -743,8 +746,9 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
             challenges: Path | None = None, solutions: Path | None = None, workers: int | None = None,
             overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False) -> dict:
     """Run on tasks with known solutions and score: the bundled ``split`` (first ``tasks`` by id)
-    or given ``challenges``/``solutions`` files. With no model, builds the tiny random model and
-    uses the ``cpu-smoke`` preset. Writes into ``out``: submission.json, score.json, report.html and
+    or given ``challenges``/``solutions`` files. With no model, uses the repository's own small
+    trained model (``weights/arcttt-tiny-syn``; the tiny random model when it is missing) and the
+    ``cpu-smoke`` preset. Writes into ``out``: submission.json, score.json, report.html and
     the run folder files (tasks/, run.json, config.json, log.txt, timeline.png).
 
     ``out`` is the dry run's own folder: an earlier dry run's records there are replaced (the
@@ -763,11 +767,14 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
             if challenges is None:
                 challenges, solutions = export_split(split, out / "data", limit=tasks)
             if model is None:
-                from arcttt.model import make_tiny_model
+                from arcttt.model import SHIPPED_MODEL, make_tiny_model
 
-                model = out / "tiny-model"
-                if not (model / "config.json").is_file() or not resume:
-                    model = make_tiny_model(model)
+                if (SHIPPED_MODEL / "config.json").is_file():
+                    model = SHIPPED_MODEL  # our own small trained model (weights/README.md)
+                else:  # an installed package without the repository's weights/
+                    model = out / "tiny-model"
+                    if not (model / "config.json").is_file() or not resume:
+                        model = make_tiny_model(model)
                 config = config or "cpu-smoke"
             solutions = Path(solutions).absolute() if solutions is not None else None
             summary = _run_claimed(Path(challenges).absolute(), Path(model).absolute(), out / "submission.json", out,

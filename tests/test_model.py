@@ -94,6 +94,27 @@ def test_make_tiny_model_writes_a_portable_directory(tmp_path):
         make_tiny_model(tmp_path / "bad", hidden=20, heads=4)
 
 
+def test_describe_model_dir_says_what_the_model_is(tmp_path):
+    from arcttt.model import describe_model_dir
+
+    out = make_tiny_model(tmp_path / "m", hidden=32, layers=1, heads=2, intermediate=48)
+    # by hand: per layer q 32x32 + k, v 32x16 (one kv head of 16) + o 32x32 + MLP 3 x 32x48 + 2 norms
+    # of 32 = 7,744; final norm 32, embeddings and lm_head 16 x 32 each: 8,800
+    assert describe_model_dir(out) == (f"{out}: LlamaForCausalLM, 1 layers x 32, 8,800 weights, float32, format "
+                                       "compact, random weights from make_tiny_model (solves nothing: checks the "
+                                       "mechanics)")
+    (out / formats.META_FILE).unlink()
+    assert describe_model_dir(out, "compact").endswith(
+        "float32, format compact, no arcttt.json (a published checkpoint, run in its given or detected format)")
+    (out / formats.META_FILE).write_text(json.dumps({"format": "compact", "source": "arcttt finetune",
+                                                     "base_source": "make_tiny_model", "steps": 7,
+                                                     "data": ["synthetic:9", "arc-agi-1-train"],
+                                                     "excluded": ["arc-agi-1-eval"]}))
+    assert describe_model_dir(out).endswith("format compact, trained by arcttt finetune from random init, 7 steps "
+                                            "on synthetic:9 + arc-agi-1-train; excluded: arc-agi-1-eval")
+    assert describe_model_dir(tmp_path / "nowhere") == f"{tmp_path / 'nowhere'}: not found"
+
+
 def test_cli_make_tiny_model(tmp_path, capsys):
     from arcttt.cli import main
 

@@ -163,7 +163,14 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
         assert e.value.code == 0
         starts.append(json.loads((tmp_path / "dry" / "run.json").read_text())["start"])
     out = tmp_path / "dry"
-    assert starts[1] > starts[0] and "0 resumed" in capsys.readouterr().out.splitlines()[-2]
+    printed = capsys.readouterr().out.splitlines()
+    assert starts[1] > starts[0] and "0 resumed" in printed[-2]
+    # the shipped model by default, and one line saying what it is
+    from arcttt.model import SHIPPED_MODEL
+
+    said = [line for line in printed if line.startswith("model: ")]
+    assert len(said) == 2 and said[-1].startswith(f"model: {SHIPPED_MODEL}: LlamaForCausalLM, 4 layers x 128, ")
+    assert "trained by arcttt finetune from random init" in said[-1] and "excluded: arc-agi-1-eval" in said[-1]
     res = results(out)
     assert len(res) == 3 and all(r["start"] >= starts[1] for r in res.values())
     score = json.loads((out / "score.json").read_text())
@@ -172,7 +179,7 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
         assert (out / name).is_file(), name
     assert not (out / ".lock").exists() and not (out / ".load.lock").exists()
     meta = json.loads((out / "run.json").read_text())
-    assert meta["preset"] == "cpu-smoke" and meta["command"] == "dry-run"
+    assert meta["preset"] == "cpu-smoke" and meta["command"] == "dry-run" and meta["model"] == str(SHIPPED_MODEL)
     assert all(Path(meta[k]).is_absolute() for k in ("challenges", "model", "solutions", "out", "run_dir"))
     # the run calibrates the planner: per-token costs measured in it
     from arcttt.plan import plan_report
