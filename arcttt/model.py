@@ -404,8 +404,10 @@ def check_adapter_dir(adapter: str | Path) -> dict:
         config = json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path}/adapter_config.json: cannot read ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
-        raise ModelLoadError(f"{path}: not a LoRA adapter (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}/adapter_config.json: not a JSON object")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ModelLoadError(f"{path}: not a LoRA adapter (peft_type {config['peft_type']!r})")
     return config
 
 
@@ -419,9 +421,9 @@ def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
     into it with peft's ``set_peft_model_state_dict``, every one of them checked to land.
     """
     saved = check_adapter_dir(cfg.adapter)
-    log.info(f"adapter {cfg.adapter}: its own r={saved.get('r')}, alpha={saved.get('lora_alpha')}, "
-             f"rslora={saved.get('use_rslora', False)}, targets {saved.get('target_modules')} are used "
-             "(model.lora's rank, alpha and targets are not)")
+    log.info("adapter %s: its own r=%s, alpha=%s, rslora=%s, targets %s are used (model.lora's rank, alpha "
+             "and targets are not)", cfg.adapter, saved.get("r"), saved.get("lora_alpha"),
+             saved.get("use_rslora", False), saved.get("target_modules"))
     if not unsloth:
         from peft import PeftModel
 

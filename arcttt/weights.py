@@ -387,7 +387,8 @@ def read_bin_tensors(path: Path) -> dict:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: needs more than tensors to unpickle, refused (weights_only: {first[:200]})") from None
+        raise WeightsError(f"{path}: needs more than tensors to unpickle, refused "
+                           f"(weights_only: {first[:200]})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise WeightsError(f"{path}: cannot read as torch weights ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
@@ -444,8 +445,9 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict:
     a PEFT ``adapter_model.bin`` becomes ``adapter_model.safetensors``. Every tensor is read with
     ``torch.load(weights_only=True)`` only (:func:`read_bin_tensors`); shared tensors are cloned.
     Every other file and folder is copied as it is, except pickles (``.bin``, ``.pt``, ...), which
-    are left out (those at the top level listed in the result). ``dst`` must be new or empty and not inside ``src``; nothing is written
-    into ``src``, and nothing into ``dst`` unless every file converts. Returns what was done.
+    are left out (those at the top level listed in the result). ``dst`` must be new or empty and
+    not inside ``src``; nothing is written into ``src``, and nothing into ``dst`` unless every file
+    converts. Returns what was done.
     """
     import json
     import shutil
@@ -493,7 +495,8 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict:
                 if path.name not in bins["model"] and path.name not in bins["adapter"]:
                     left_out.append(path.name)
             elif path.is_dir():
-                shutil.copytree(path, tmp / path.name, ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
+                pickles = shutil.ignore_patterns(*(f"*{suffix}" for suffix in PICKLE_SUFFIXES))
+                shutil.copytree(path, tmp / path.name, ignore=pickles)
             else:
                 shutil.copy2(path, tmp / path.name)
         if dst.exists():
