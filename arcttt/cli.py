@@ -120,6 +120,7 @@ def commands() -> dict:
         "prepare-weights": prepare_weights,
         "make-tiny-model": make_tiny_model,
         "adopt-model": adopt_model,
+        "convert-weights": convert_weights,
         "finetune": finetune,
     }
 
@@ -653,6 +654,33 @@ def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat
     except (WeightsError, FormatError, OSError) as e:
         return _error(str(e))
     print(out)
+    return 0
+
+
+def convert_weights(src: Path, dst: Path) -> int:
+    """Convert a model or PEFT adapter directory with pickled weights (pytorch_model.bin, sharded
+    pytorch_model-*.bin with their index, adapter_model.bin) to safetensors, which is all that
+    arcttt loads. Tensors are read with torch.load(weights_only=True) only: a file that needs more
+    than tensors to unpickle (a pickled class or function) is refused, and no pickled code ever
+    runs. Shards keep their split (model-0000i-of-0000n.safetensors + model.safetensors.index.json);
+    every other file (config, tokenizer, generation config, ...) is copied, other pickles
+    (training_args.bin, optimizer.pt) are left out. Nothing is written into SRC.
+
+    Args:
+        src: The directory with .bin weights.
+        dst: The new directory (must not exist, or be empty).
+    """
+    from arcttt.weights import WeightsError, convert_weights as convert
+
+    try:
+        done = convert(src, dst)
+    except (WeightsError, OSError) as e:
+        return _error(str(e))
+    for old, new in done["converted"].items():
+        print(f"{old} -> {new}")
+    for name in done["left_out"]:
+        print(f"{name}: a pickle, not copied")
+    print(done["dst"])
     return 0
 
 

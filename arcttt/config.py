@@ -172,12 +172,30 @@ def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = (
         from arcttt.hardware import choose_preset
 
         config = choose_preset()
-    if str(config) in PRESETS:
-        cfg = preset(str(config))
+    return build_config(config, PRESETS, overrides, file_preset="cpu-smoke", also=("auto",))
+
+
+T = typing.TypeVar("T")
+
+
+def build_config(config: str | Path, presets: typing.Mapping[str, typing.Callable[[], T]],
+                 overrides: typing.Iterable[str] = (), *, file_preset: str, kind: str = "preset",
+                 also: tuple[str, ...] = ()) -> T:
+    """A config dataclass from a preset or a file, then overrides; every fault a :class:`ConfigError`.
+
+    ``config`` is a name in ``presets`` (a function returning a fresh dataclass) or a JSON/YAML
+    file: a mapping whose ``preset`` names the preset to start from (default ``file_preset``) and
+    whose other keys set fields (nested mappings for nested dataclasses). Then each ``key=value``
+    of ``overrides`` (dotted keys, values read as Python literals, else as a string) is applied.
+    ``kind`` and ``also`` (names the caller takes besides ``presets``) only word the errors.
+    """
+    name = str(config)
+    if name in presets:
+        cfg = presets[name]()
     else:
         path = Path(config)
         if not path.is_file():
-            raise ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}, auto) nor a file")
+            raise ConfigError(f"config {name!r} is neither a {kind} ({', '.join([*presets, *also])}) nor a file")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -188,10 +206,16 @@ def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = (
             raise ConfigError(f"config file {path}: cannot parse ({e})") from None
         if not isinstance(obj, dict):
             raise ConfigError(f"config file {path}: not a mapping")
-        cfg = preset(obj.pop("preset", "cpu-smoke"))
-        cfg = _merge(cfg, obj, "")
-    pairs = [_split_override(o) for o in overrides]
-    return _merge(cfg, _nest(pairs), "")
+        start = obj.pop("preset", file_preset)
+        if start not in presets:
+            raise ConfigError(f"config file {path}: unknown {kind} {start!r}; choose one of {', '.join(presets)}")
+        cfg = _merge(presets[start](), obj, "")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: T, overrides: typing.Iterable[str]) -> T:
+    """A copy of dataclass ``cfg`` with ``key=value`` overrides (dotted keys) applied."""
+    return _merge(cfg, _nest([_split_override(o) for o in overrides]), "")
 
 
 def _yaml(text: str) -> Any:

@@ -135,23 +135,10 @@ PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
 def load_finetune_config(config: str | Path | None = None, overrides: list[str] | tuple = ()) -> FinetuneConfig:
     """A preset by name (default: gpu-lora with a GPU, else cpu-tiny) or a JSON/YAML file (optionally
     naming a ``preset`` to start from), then ``key=value`` overrides (``lora.rank=32``)."""
-    from arcttt.config import ConfigError, _merge, _nest, _split_override, _yaml
+    from arcttt.config import build_config
 
-    name = str(config) if config else ("gpu-lora" if torch.cuda.is_available() else "cpu-tiny")
-    if name in PRESETS:
-        cfg = PRESETS[name]()
-    else:
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"config {name!r} is neither a finetune preset ({', '.join(PRESETS)}) nor a file")
-        try:
-            obj = json.loads(path.read_text()) if path.suffix == ".json" else _yaml(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"config file {path}: cannot parse ({e})") from None
-        if not isinstance(obj, dict) or obj.get("preset", "cpu-tiny") not in PRESETS:
-            raise ConfigError(f"config file {path}: not a mapping, or an unknown preset")
-        cfg = _merge(PRESETS[obj.pop("preset", "cpu-tiny")](), obj, "")
-    return _merge(cfg, _nest([_split_override(o) for o in overrides]), "")
+    default = "gpu-lora" if torch.cuda.is_available() else "cpu-tiny"
+    return build_config(config or default, PRESETS, overrides, file_preset="cpu-tiny", kind="finetune preset")
 
 
 # --- data ---------------------------------------------------------------------------------------

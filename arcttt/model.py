@@ -3,7 +3,9 @@
 :func:`load_model` returns a :class:`ModelSession`: the peft-wrapped model in eval mode, the token
 map the directory records (``arcttt.json``), and an in-memory snapshot of the adapter taken right
 after attaching it. Per task, ``session.reset()`` copies the snapshot back into the adapter's
-parameters (bit for bit), so the base model is loaded once per process, never per task.
+parameters (bit for bit), so the base model is loaded once per process, never per task. With
+``model.adapter=DIR`` the adapter is a saved PEFT LoRA (safetensors) instead of a fresh one, and
+the snapshot, hence every task's starting point, is that adapter.
 
 Backends:
 - ``unsloth``: ``FastLanguageModel.from_pretrained`` + ``get_peft_model`` (4-bit or 16-bit). On a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +43,8 @@ from arcttt.offline import set_offline_env  # noqa: F401 - callers import it fro
 # All linear layers of a Llama/Qwen/Mistral decoder block.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+log = logging.getLogger("arcttt.model")
 
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "arcttt-tiny-syn"
@@ -118,6 +123,10 @@ class ModelConfig:
     format: str | None = None
     """The format the model was trained on, for a directory without ``arcttt.json`` (compact, chat,
     nvarc, architects); None: ``arcttt.json``'s, else what the tokenizer pins down (nvarc)."""
+    adapter: str | None = None
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
+    every task starts from instead of a fresh LoRA; its own rank, alpha and target modules are
+    used (``lora``'s are not). None: a fresh LoRA as ``lora`` says."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -240,7 +249,7 @@ def check_model_dir(path: str | Path, format: str | None = None) -> tuple[Path, 
     if not any(path.glob("*.safetensors")):
         found = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.iterdir())[:8]
         raise ModelLoadError(f"{path} has no *.safetensors weights (found: {', '.join(found) or 'nothing'}); "
-                             "only safetensors are loaded")
+                             "only safetensors are loaded: convert .bin weights with `arcttt convert-weights SRC DST`")
     try:
         return (path, *model_token_map(path, format))
     except formats.FormatError as e:
@@ -348,9 +357,12 @@ def prequantized(path: Path) -> bool:
 
 
 def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession:
-    """Load the model in ``path`` (a local directory), attach a fresh LoRA and snapshot it."""
+    """Load the model in ``path`` (a local directory), attach a fresh LoRA (or the adapter
+    ``cfg.adapter``) and snapshot it."""
     cfg = cfg or ModelConfig()
     path, token_map, _ = check_model_dir(path, cfg.format)
+    if cfg.adapter is not None:
+        check_adapter_dir(cfg.adapter)  # before the long base load
     set_offline_env()
     backend = resolve_backend(cfg.backend)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -358,6 +370,8 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession
     try:
         loader = _load_unsloth if backend == "unsloth" else _load_hf
         model = loader(path, cfg, device, dtype)
+    except ModelLoadError:
+        raise
     except Exception as e:  # corrupt weights, a bad config, no memory: one clear error that names the path
         raise ModelLoadError(f"{path}: cannot load the model with backend {backend}: "
                              f"{type(e).__name__}: {str(e)[:500]}") from e
@@ -421,7 +435,7 @@ def _load_hf(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dt
     if cfg.gradient_checkpointing:
         # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(base, _peft_config(cfg))
+    return _attach_adapter(base, cfg) if cfg.adapter else get_peft_model(base, _peft_config(cfg))
 
 
 def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
@@ -432,12 +446,79 @@ def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: tor
         model_name=str(path), max_seq_length=cfg.max_seq_len, dtype=dtype,
         load_in_4bit=cfg.load_in_4bit or prequantized(path),
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, **_from_pretrained_kwargs())
+    if cfg.adapter:
+        return _attach_adapter(model, cfg, unsloth=True)
     # unsloth trains embed_tokens/lm_head in full when listed (a LoRA on them becomes full training)
     targets = [*lora.lora_modules, *lora.full_modules]
     return FastLanguageModel.get_peft_model(
         model, r=lora.rank, target_modules=targets, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, random_state=0,
         use_rslora=lora.use_rslora, max_seq_length=cfg.max_seq_len)
+
+
+def check_adapter_dir(adapter: str | Path) -> dict:
+    """The ``adapter_config.json`` of a PEFT LoRA adapter directory with safetensors weights, or a
+    :class:`ModelLoadError` saying what is wrong (a pickled ``adapter_model.bin`` is refused)."""
+    path = Path(adapter)
+    if not path.is_dir():
+        raise ModelLoadError(f"adapter directory {path} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path} is not a PEFT adapter directory: no adapter_config.json")
+    if not (path / "adapter_model.safetensors").is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise ModelLoadError(f"{path} holds adapter_model.bin (a pickle), and only safetensors are loaded: "
+                                 "convert it with `arcttt convert-weights SRC DST`")
+        raise ModelLoadError(f"{path} has no adapter_model.safetensors")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}/adapter_config.json: cannot read ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}/adapter_config.json: not a JSON object")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ModelLoadError(f"{path}: not a LoRA adapter (peft_type {config['peft_type']!r})")
+    return config
+
+
+def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
+    """``model`` wrapped with the saved adapter ``cfg.adapter``, trainable (its LoRA and any fully
+    trained modules), with the adapter's own rank, alpha and targets.
+
+    hf: ``PeftModel.from_pretrained``. unsloth: its GPU build and its CPU fallback attach a saved
+    adapter in different ways, and only when the adapter names its base model; so the same LoRA is
+    made with unsloth's ``get_peft_model`` (as for a fresh one) and the saved weights are loaded
+    into it with peft's ``set_peft_model_state_dict``, every one of them checked to land.
+    """
+    saved = check_adapter_dir(cfg.adapter)
+    log.info("adapter %s: its own r=%s, alpha=%s, rslora=%s, targets %s are used (model.lora's rank, alpha "
+             "and targets are not)", cfg.adapter, saved.get("r"), saved.get("lora_alpha"),
+             saved.get("use_rslora", False), saved.get("target_modules"))
+    if not unsloth:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True, local_files_only=True)
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "use_dora") if saved.get(k)]
+    if saved.get("bias", "none") != "none":
+        unsupported.append(f"bias={saved['bias']}")
+    if unsupported or not isinstance(saved.get("target_modules"), list):
+        raise ModelLoadError(f"adapter {cfg.adapter}: the unsloth backend takes an adapter with a list of target "
+                             f"modules and no {', '.join(unsupported) or 'regex targets'}; use backend hf")
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from unsloth import FastLanguageModel
+
+    model = FastLanguageModel.get_peft_model(
+        model, r=saved["r"], target_modules=[*saved["target_modules"], *(saved.get("modules_to_save") or [])],
+        lora_alpha=saved["lora_alpha"], lora_dropout=saved.get("lora_dropout", 0.0), bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, random_state=0,
+        use_rslora=saved.get("use_rslora", False), max_seq_length=cfg.max_seq_len)
+    weights = load_file(str(Path(cfg.adapter) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+    if result.unexpected_keys or missing:
+        raise ModelLoadError(f"adapter {cfg.adapter}: its weights do not fit the model (not in the model: "
+                             f"{result.unexpected_keys[:3]}, not in the adapter: {missing[:3]})")
+    return model
 
 
 def _keep_bnb_cpu_layout(model) -> int:

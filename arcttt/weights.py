@@ -48,7 +48,7 @@ def check_model_dir(path: str | Path) -> Path:
     if not any(path.glob("*.safetensors")):
         others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
         raise WeightsError(f"{path} has no *.safetensors weights{f' (found {others})' if others else ''}; "
-                           "arcttt loads safetensors only")
+                           "arcttt loads safetensors only: convert .bin weights with `arcttt convert-weights SRC DST`")
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise WeightsError(f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json)")
     return path
@@ -367,3 +367,143 @@ def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: boo
     write_model_meta(dst, tm, source=str(src.resolve()), adopted_by="arcttt adopt-model",
                      files="copied" if copy else "linked")
     return dst
+
+
+# --- convert-weights: pickled .bin weights -> safetensors, without running any pickled code ------
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+"""Files that are pickles: never copied by convert-weights (their code is never run here)."""
+
+
+def read_bin_tensors(path: Path) -> dict:
+    """The tensors of one pickled ``.bin`` file, read with ``torch.load(weights_only=True)``: a file
+    whose unpickling needs more than tensors (a pickled class, a function) is refused with a
+    :class:`WeightsError` naming it, before anything of it runs."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: needs more than tensors to unpickle, refused "
+                           f"(weights_only: {first[:200]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise WeightsError(f"{path}: cannot read as torch weights ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def _unshared(tensors: dict) -> dict:
+    """``tensors`` with every tensor owning its whole storage: safetensors refuses tensors that share
+    memory (tied embeddings) or are views of a bigger one, so those are cloned."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        whole = t.is_contiguous() and t.numel() * t.element_size() == storage.nbytes()
+        out[name] = t if whole and key not in seen else t.contiguous().clone()
+        seen.add(key)
+    return out
+
+
+def _bin_files(src: Path) -> dict[str, list[str]]:
+    """{role: .bin file names in order} of ``src``: ``model`` (pytorch_model*.bin, as the index
+    ``pytorch_model.bin.index.json`` lists them when there is one) and ``adapter`` (adapter_model.bin)."""
+    import json
+
+    index = src / "pytorch_model.bin.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index}: cannot read its weight_map ({type(e).__name__}: {e})") from None
+        model = sorted(set(weight_map.values()))
+        missing = [n for n in model if not (src / n).is_file()]
+        if missing:
+            raise WeightsError(f"{index} names shards that are not there: {', '.join(missing)}")
+    else:
+        model = sorted(p.name for p in src.glob("pytorch_model*.bin"))
+    adapter = ["adapter_model.bin"] if (src / "adapter_model.bin").is_file() else []
+    return {"model": model, "adapter": adapter}
+
+
+def _safetensors_name(bin_name: str) -> str:
+    """pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors (transformers' names)."""
+    stem = bin_name.removesuffix(".bin")
+    return ("model" + stem.removeprefix("pytorch_model") if stem.startswith("pytorch_model") else stem) + ".safetensors"
+
+
+def convert_weights(src: str | Path, dst: str | Path) -> dict:
+    """Write to ``dst`` the model or adapter directory ``src`` with its pickled weights as safetensors.
+
+    ``pytorch_model.bin`` becomes ``model.safetensors``; shards ``pytorch_model-0000i-of-0000n.bin``
+    become ``model-0000i-of-0000n.safetensors`` (the same split) with ``model.safetensors.index.json``;
+    a PEFT ``adapter_model.bin`` becomes ``adapter_model.safetensors``. Every tensor is read with
+    ``torch.load(weights_only=True)`` only (:func:`read_bin_tensors`); shared tensors are cloned.
+    Every other file and folder is copied as it is, except pickles (``.bin``, ``.pt``, ...), which
+    are left out (those at the top level listed in the result). ``dst`` must be new or empty and
+    not inside ``src``; nothing is written into ``src``, and nothing into ``dst`` unless every file
+    converts. Returns what was done.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise WeightsError(f"source {src} is not a directory")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise WeightsError(f"destination {dst} is {src} or inside it; nothing is ever written into the source")
+    bins = _bin_files(src)
+    if not bins["model"] and not bins["adapter"]:
+        raise WeightsError(f"{src} has no pytorch_model*.bin or adapter_model.bin to convert")
+    outputs = {_safetensors_name(n) for names in bins.values() for n in names}
+    if bins["model"] and len(bins["model"]) > 1:
+        outputs.add("model.safetensors.index.json")
+    clash = sorted(n for n in outputs if (src / n).exists())
+    if clash:
+        raise WeightsError(f"{src} already has {', '.join(clash)}; nothing to convert")
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.converting."))
+    try:
+        weight_map: dict[str, str] = {}
+        total = 0
+        for name in [*bins["model"], *bins["adapter"]]:
+            tensors = _unshared(read_bin_tensors(src / name))
+            out_name = _safetensors_name(name)
+            save_file(tensors, str(tmp / out_name), metadata={"format": "pt"})
+            if name in bins["model"]:
+                weight_map.update({key: out_name for key in tensors})
+                total += sum(t.numel() * t.element_size() for t in tensors.values())
+        if len(bins["model"]) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+        left_out = []
+        for path in sorted(src.iterdir()):
+            if path.name == "pytorch_model.bin.index.json":
+                continue
+            if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+                if path.name not in bins["model"] and path.name not in bins["adapter"]:
+                    left_out.append(path.name)
+            elif path.is_dir():
+                pickles = shutil.ignore_patterns(*(f"*{suffix}" for suffix in PICKLE_SUFFIXES))
+                shutil.copytree(path, tmp / path.name, ignore=pickles)
+            else:
+                shutil.copy2(path, tmp / path.name)
+        if dst.exists():
+            dst.rmdir()
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"dst": str(dst), "converted": {n: _safetensors_name(n) for names in bins.values() for n in names},
+            "left_out": left_out}

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from arcttt.config import PRESETS, ConfigError, RunConfig, config_from_json, load_config, save_config
+from arcttt.config import (PRESETS, ConfigError, RunConfig, apply_overrides, config_from_json, load_config,
+                           save_config)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -49,6 +50,30 @@ def test_config_file_starts_from_its_preset(tmp_path):
 def test_unknown_preset_or_file(config):
     with pytest.raises(ConfigError, match="neither a preset"):
         load_config(config)
+
+
+def test_build_config_is_shared_by_run_and_finetune(tmp_path):
+    """One loader for both config families: a file starts from its preset (or the given default),
+    overrides apply after it, faults name the family and the file."""
+    from arcttt.finetune import PRESETS as FT_PRESETS, load_finetune_config
+
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps({"preset": "gpu-full", "steps": 9}))
+    cfg = load_finetune_config(path, ["lr=0.5", "lora.rank=3"])
+    assert (cfg.preset, cfg.mode, cfg.steps, cfg.lr, cfg.lora.rank) == ("gpu-full", "full", 9, 0.5, 3)
+    path.write_text(json.dumps({"steps": 9}))
+    assert load_finetune_config(path).preset == "cpu-tiny"  # the finetune family's file default
+    path.write_text(json.dumps({"preset": "kaggle-l4x4"}))
+    with pytest.raises(ConfigError, match="ft.json: unknown finetune preset 'kaggle-l4x4'; choose one of cpu-tiny"):
+        load_finetune_config(path)
+    with pytest.raises(ConfigError, match=f"neither a finetune preset \\({', '.join(FT_PRESETS)}\\) nor a file"):
+        load_finetune_config("cpu-smoke")
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="ft.json: not a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown field ttt.nope"):
+        apply_overrides(load_config("cpu-smoke"), ["ttt.nope=1"])
+    assert apply_overrides(load_config("cpu-smoke"), ["ttt.steps=2"]) == load_config("cpu-smoke", ["ttt.steps=2"])
 
 
 def test_not_key_value():

@@ -52,7 +52,8 @@ def test_load_errors_name_the_path_and_the_fault(tiny_model_dir, tmp_path):
     bin_only = tmp_path / "bin_only"
     shutil.copytree(tiny_model_dir, bin_only)
     (bin_only / "model.safetensors").rename(bin_only / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights \\(found: pytorch_model.bin\\)"):
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights \\(found: pytorch_model.bin\\); only "
+                                             "safetensors are loaded: convert .bin weights with `arcttt convert-weights"):
         load_model(bin_only)
 
     corrupt = tmp_path / "corrupt"
@@ -220,6 +221,57 @@ def test_hf_4bit_on_cpu_trains_and_resets(tiny_model_dir, arc1_train):
     mean_loss(s, seqs)  # an inference pass between tasks, as search does
     second = train_task(s, seqs, cfg)
     assert first.steps == second.steps == 4 and first.losses == second.losses
+
+
+def save_adapter(model_dir, out, seed=1):
+    """An adapter saved by peft (r=4, alpha 8, q/v only) whose weights are all non-zero."""
+    s = load_model(model_dir, ModelConfig(backend="hf", lora=LoraConfig(rank=4, alpha=8, use_rslora=False,
+                                                                         target_modules=("q_proj", "v_proj"))))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in s.trainable_parameters().values():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    s.model.save_pretrained(out)
+    return logits(s)
+
+
+def test_adapter_is_each_tasks_starting_point(tiny_model_dir, arc1_train, tmp_path, caplog):
+    """model.adapter: the saved LoRA is loaded (its rank, not model.lora's), changes the logits, and
+    reset after TTT restores it bit for bit, not a fresh LoRA."""
+    saved_logits = save_adapter(tiny_model_dir, tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    cfg = ModelConfig(backend="hf", adapter=str(tmp_path / "adapter"), lora=LoraConfig(rank=8, alpha=16))
+    with caplog.at_level("INFO", logger="arcttt.model"):
+        s = load_model(tiny_model_dir, cfg)
+    assert "its own r=4, alpha=8" in caplog.text and "are not" in caplog.text
+    names = list(s.snapshot)
+    assert len(names) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    assert all("q_proj" in n or "v_proj" in n for n in names)
+    assert {tuple(v.shape) for n, v in s.snapshot.items() if "lora_A" in n} == {(4, 64)}
+    loaded = logits(s)
+    torch.testing.assert_close(loaded, saved_logits)
+    fresh = load_model(tiny_model_dir, ModelConfig(backend="hf", lora=LoraConfig(rank=4, alpha=8)))
+    assert (loaded - logits(fresh)).abs().max() > 1e-2  # not the base model's
+    train_task(s, task_sequences(arc1_train, s.token_map), TTTConfig(steps=3, lr=1e-2))
+    assert not torch.equal(logits(s), loaded)
+    s.reset()
+    assert torch.equal(logits(s), loaded)
+
+
+def test_adapter_errors(tiny_model_dir, tmp_path):
+    from arcttt.config import load_config
+
+    assert load_config("cpu-smoke", [f"model.adapter={tmp_path / 'a'}"]).model.adapter == str(tmp_path / "a")
+    assert load_config("cpu-smoke").model.adapter is None
+    with pytest.raises(ModelLoadError, match="adapter directory .*nope does not exist"):
+        load_model(tiny_model_dir, ModelConfig(backend="hf", adapter=str(tmp_path / "nope")))
+    save_adapter(tiny_model_dir, tmp_path / "bin")
+    (tmp_path / "bin" / "adapter_model.safetensors").rename(tmp_path / "bin" / "adapter_model.bin")
+    with pytest.raises(ModelLoadError, match="adapter_model.bin \\(a pickle\\).*`arcttt convert-weights SRC DST`"):
+        load_model(tiny_model_dir, ModelConfig(backend="hf", adapter=str(tmp_path / "bin")))
+    (tmp_path / "bin" / "adapter_config.json").unlink()
+    with pytest.raises(ModelLoadError, match="not a PEFT adapter directory: no adapter_config.json"):
+        load_model(tiny_model_dir, ModelConfig(backend="hf", adapter=str(tmp_path / "bin")))
 
 
 def params_in_file(model_dir) -> int:

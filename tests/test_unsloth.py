@@ -88,3 +88,51 @@ def test_unsloth_load_train_reset(tiny_model_dir, tmp_path):
         assert r["reset_exact"] and r["logits_after_reset_equal"] and r["loss_after_reset"] == r["loss0"], (bits, r)
     # load_model points unsloth's kernel cache at the temp dir, not the (maybe read-only) working dir
     assert not (tmp_path / "unsloth_compiled_cache").exists()
+
+
+def adapter_child(model_dir: str, adapter_dir: str) -> dict:
+    """Runs in the child interpreter: a saved adapter under unsloth, against the hf backend."""
+    import unsloth  # noqa: F401
+    import torch
+
+    from arcttt.data import load_split
+    from arcttt.model import ModelConfig, load_model
+    from arcttt.ttt import TTTConfig, train_task
+    from arcttt.ttt_data import DataConfig, training_sequences
+
+    ids = torch.tensor([[14, 11, 1, 2, 10, 3, 4, 10, 12, 5, 6, 10, 13, 11, 0, 9, 10, 12]])
+
+    def logits(s):
+        with torch.inference_mode():
+            return s.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.clone()
+
+    hf = logits(load_model(model_dir, ModelConfig(backend="hf", adapter=adapter_dir)))
+    s = load_model(model_dir, ModelConfig(backend="unsloth", adapter=adapter_dir))
+    before = logits(s)
+    task = next(t for t in load_split("arc-agi-1-train") if t.id == "0d3d703e")
+    seqs = training_sequences(task, s.token_map, DataConfig(n_sequences=8, colours=False)).sequences
+    train_task(s, seqs, TTTConfig(steps=3, lr=1e-2, batch_tokens=2048))
+    trained = logits(s)
+    s.reset()
+    return {"backend": s.backend, "hf_diff": float((before - hf).abs().max()),
+            "ranks": sorted({int(v.shape[0]) for n, v in s.snapshot.items() if "lora_A" in n}),
+            "trained_changed": not torch.equal(trained, before), "reset_equal": torch.equal(logits(s), before)}
+
+
+def test_unsloth_starts_from_a_saved_adapter(tiny_model_dir, tmp_path):
+    """model.adapter under unsloth: attached as unsloth's own loader attaches one (peft, then
+    patch_peft_model); same logits as hf; reset restores it exactly."""
+    from test_model import save_adapter
+
+    save_adapter(tiny_model_dir, tmp_path / "adapter")
+    env = {k: v for k, v in os.environ.items() if k != "UNSLOTH_COMPILE_LOCATION"} | {"OMP_NUM_THREADS": "1"}
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_unsloth import "
+            f"adapter_child; print('RESULT', json.dumps(adapter_child({str(tiny_model_dir)!r}, "
+            f"{str(tmp_path / 'adapter')!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(lines[0].removeprefix("RESULT "))
+    assert r["backend"] == "unsloth" and r["ranks"] == [4], r
+    assert r["hf_diff"] < 1e-5 and r["trained_changed"] and r["reset_equal"], r
