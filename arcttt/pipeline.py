@@ -521,7 +521,9 @@ def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: 
     for r in loaded.rejected:
         write_failure(run_dir, r.task_id, "rejected", r.reason, None, start, writes)
     cfg_json = cfg.to_json()
-    hashes = {"config": config_hash(cfg_json), "model": model_hash(model)}
+    # a saved adapter is part of the model: one retrained at the same path must not be resumed
+    hashes = {"config": config_hash(cfg_json),
+              "model": model_hash(model) + (f"+{model_hash(cfg.model.adapter)}" if cfg.model.adapter else "")}
     done, redo = resume(run_dir, writer, loaded.tasks, hashes) if resuming else (set(), Counter())
     if resuming:
         log.info("resume: %d tasks reused from %s; %d redone (%s)", len(done), run_dir, sum(redo.values()),
