@@ -983,6 +983,17 @@ def template_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTok
     """A small byte-level BPE tokenizer like the model's own, trained here on a few lines of grid
     text with the chat template's special tokens (no download): mit, Llama 3's split (digits grouped
     up to 3 a token) and special tokens; omni-arc, Qwen's split (one digit a token) and ChatML's."""
+    from tokenizers import Tokenizer
+
+    fmt = template_spec(format_name)
+    tok = Tokenizer.from_str(_trained_template_tokenizer(fmt.name, extra_tokens))
+    return _portable_tokenizer_class()(tokenizer_object=tok, bos_token=fmt.bos or None, eos_token=fmt.end,
+                                       pad_token=fmt.pad)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_template_tokenizer(format_name: str, extra_tokens: int) -> str:
+    """The trained fixture tokenizer of :func:`template_tokenizer` as JSON (trained once a process)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from arcttt.gridtext import WRITERS
@@ -1007,5 +1018,4 @@ def template_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTok
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus * 3, trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*fmt.special, *fillers)])
-    return _portable_tokenizer_class()(tokenizer_object=tok, bos_token=fmt.bos or None, eos_token=fmt.end,
-                                       pad_token=fmt.pad)
+    return tok.to_str()
