@@ -823,6 +823,7 @@ class TemplateMap:
     end: tuple[int, ...]
     pad: int
     _grammar: Any = field(default=None, repr=False)
+    _overheads: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def spec(self) -> TemplateSpec:
@@ -879,18 +880,24 @@ class TemplateMap:
         got = self.writer.parse_answer(text)
         return got if isinstance(got, np.ndarray) else ParseFailure(got)
 
-    # lengths for fitting demonstrations into max_len: upper bounds (a byte-level token holds at
-    # least one character of this ASCII text, a special token more than one)
+    # Lengths for fitting demonstrations into max_len, without encoding every candidate layout: a
+    # grid's text in characters (a byte-level token holds at least one character of this ASCII
+    # text), the fixed text around the grids in its own tokens, plus a margin for the tokens that
+    # merge across a grid's edge. Upper bounds in practice, exact neither way.
     def grid_len(self, shape: tuple[int, int]) -> int:
         return len(self.writer.write(np.zeros(shape, dtype=np.uint8)))
 
     def overheads(self) -> tuple[int, int]:
-        """Upper bounds of the tokens a demonstration adds beside its two grids, and of the rest of
-        a sequence beside its query and answer grids."""
-        one = template_chunks(self.format, [("", "")], "", demo_loss_from=None)
-        none = template_chunks(self.format, [], "", demo_loss_from=None)
-        base = sum(len(c.text) for c in none) + len(self.writer.answer_text(np.zeros((1, 1), np.uint8))) + len(self.end)
-        return sum(len(c.text) for c in one) - sum(len(c.text) for c in none) + 8, base + 8
+        """Tokens a demonstration adds beside its two grids, and the rest of a sequence beside its
+        query and answer grids (see above)."""
+        if self._overheads is None:
+            def tokens(chunks: list[Chunk]) -> int:
+                return sum(len(self.tokenizer.encode(c.text)) for c in chunks)
+
+            none = tokens(template_chunks(self.format, [], "", demo_loss_from=None))
+            one = tokens(template_chunks(self.format, [("", "")], "", demo_loss_from=None))
+            self._overheads = (one - none + 8, none + len(self.end) + 16)
+        return self._overheads
 
     def max_answer_len(self) -> int:
         return len(self.writer.answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8))) + len(self.end)
@@ -914,6 +921,7 @@ class TemplateGrammar:
     start: tuple
     max_tokens: int
     _memo: dict = field(default_factory=dict, repr=False)
+    _by_first: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, tm: TemplateMap) -> TemplateGrammar:
@@ -943,7 +951,15 @@ class TemplateGrammar:
     def allowed(self, state) -> list[int]:
         got = self._memo.get(state)
         if got is None:
-            got = [k for k, text in enumerate(self.texts[:-1]) if self.writer.run(state, text) is not None]
+            if not self._by_first:  # symbols by their first character: most are ruled out by it
+                for k, text in enumerate(self.texts[:-1]):
+                    self._by_first.setdefault(text[0], []).append(k)
+            got = []
+            for ch, syms in self._by_first.items():
+                after = self.writer.step(state, ch)
+                if after is not None:
+                    got += [k for k in syms if self.writer.run(after, self.texts[k][1:]) is not None]
+            got.sort()
             if self.writer.accepting(state):
                 got.append(self.end)
             self._memo[state] = got
@@ -1013,8 +1029,11 @@ def _trained_template_tokenizer(format_name: str, extra_tokens: int) -> str:
     for k in range(1, len(demos)):
         text = "".join(c.text for c in template_chunks(fmt.name, demos[:k], demos[k][0], demo_loss_from=None))
         corpus.append(text + writer.answer_text(grids[2 * k + 1]) + fmt.end)
+    # numbers, so that Llama 3's split has its multi-digit tokens (its real vocabulary holds every
+    # number up to 999 as one token; Qwen's split keeps digits apart whatever the merges)
+    corpus.append(" ".join(str(n) for n in range(1000)))
     fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=[*fmt.special, *fillers], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=1400, special_tokens=[*fmt.special, *fillers], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus * 3, trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*fmt.special, *fillers)])
