@@ -27,6 +27,16 @@ Formats, by name (:data:`SPECS`):
   and the tokenizer's eos, rows joined by ``\\n``; written here as rows terminated with the output
   marker ``+/-=O`` and the end marker eos (the same text, and the answer's end is unambiguous).
 
+Template formats (:data:`TEMPLATES`, :class:`TemplateMap`; the end of this module), over the
+model's own full vocabulary, grids written as free text by a grid writer (``gridtext.py``):
+- ``mit``: MIT's Llama-3 chat (ekinakyurek/marc): a system turn with their instruction and every
+  demonstration as ``{numpy print} -> {numpy print}#``, a user turn ``{query} ->``, the answer
+  ``{numpy print}#<|eot_id|>``; each message's content stripped and encoded on its own.
+- ``omni-arc``: Omni-ARC's Qwen chat (ironbar/arc24, output-from-examples-v1): system ``You are a
+  helpful assistant.``, a markdown user turn, grids as fenced ``grid shape: HxW`` blocks with
+  numbered rows; the prompt ends with the answer turn's ``### Output\n\n```grid``.
+:func:`encode`, :func:`answer_ids`, :func:`parse_answer` and :func:`grid_len` take either map.
+
 Tokenizers are read with the ``tokenizers`` library itself (:func:`load_tokenizer`), never through
 ``AutoTokenizer``: transformers 5.17 rebuilds NVARC's WordLevel ``tokenizer.json`` as BPE and
 silently drops ``user``/``assistant``. :func:`token_map_from_tokenizer` derives a format's ids and
@@ -47,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from arcttt.data import MAX_SIDE, Pair
+from arcttt.gridtext import WRITERS, GridWriter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -336,13 +347,14 @@ def _derive(fmt: FormatSpec, tok: TextTokenizer) -> TokenMap:
     return TokenMap(fmt.name, digits, newline, pad=int(pad), rows=fmt.rows, **markers)
 
 
-def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap:
+def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap | TemplateMap:
     """The ids of every piece of ``format_name`` in a tokenizer (a :class:`TextTokenizer`, a
     ``tokenizers.Tokenizer`` or a transformers fast tokenizer).
 
     Every digit and the newline must be one token; every marker must round-trip (its ids decode
     to its text); a format with fixed ids (``nvarc``) must get exactly its own ids. Raises
-    :class:`FormatError` naming the piece and the ids.
+    :class:`FormatError` naming the piece and the ids. A template format gives a
+    :class:`TemplateMap` (:func:`template_map`).
     """
     if format_name in TEMPLATES:
         return template_map(format_name, tokenizer)
@@ -830,9 +842,7 @@ class TemplateMap:
         return TEMPLATES[self.format]
 
     @property
-    def writer(self):
-        from arcttt.gridtext import WRITERS
-
+    def writer(self) -> GridWriter:
         return WRITERS[self.spec.writer]
 
     @property
@@ -917,7 +927,7 @@ class TemplateGrammar:
 
     symbols: list[int]
     texts: list[str]
-    writer: Any
+    writer: GridWriter
     start: tuple
     max_tokens: int
     _memo: dict = field(default_factory=dict, repr=False)
@@ -1011,8 +1021,6 @@ def template_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTok
 def _trained_template_tokenizer(format_name: str, extra_tokens: int) -> str:
     """The trained fixture tokenizer of :func:`template_tokenizer` as JSON (trained once a process)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from arcttt.gridtext import WRITERS
 
     fmt = template_spec(format_name)
     tok = Tokenizer(models.BPE())

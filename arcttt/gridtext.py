@@ -40,9 +40,13 @@ class GridWriter:
     def answer_text(self, grid: np.ndarray) -> str:
         raise NotImplementedError
 
+    def _read(self, text: str) -> list[list[int]]:
+        """The rows a grid's text holds; ValueError naming the fault."""
+        raise NotImplementedError
+
     def parse(self, text: str) -> np.ndarray | str:
         """A grid's text back to the grid, or why it is not one (strict: only the writer's exact text)."""
-        raise NotImplementedError
+        return _checked(text, self)
 
     def parse_answer(self, text: str) -> np.ndarray | str:
         raise NotImplementedError
@@ -77,7 +81,7 @@ def _rows(grid: np.ndarray) -> list[list[int]]:
 def _checked(text: str, writer: GridWriter) -> np.ndarray | str:
     """Strictness: a text parses only if writing its grid gives the text back."""
     try:
-        grid = writer._read(text)  # type: ignore[attr-defined]
+        grid = writer._read(text)
     except ValueError as e:
         return str(e)
     if len(grid) > MAX_SIDE or any(len(r) != len(grid[0]) for r in grid) or not 1 <= len(grid[0]) <= MAX_SIDE:
@@ -122,9 +126,6 @@ class NumpyWriter(GridWriter):
                 raise ValueError(f"bad cells in row {row[:40]!r}")
             out.append([int(c) for c in cells])
         return out
-
-    def parse(self, text: str) -> np.ndarray | str:
-        return _checked(text, self)
 
     def parse_answer(self, text: str) -> np.ndarray | str:
         if not text.endswith("#"):
@@ -199,9 +200,6 @@ class ShapeRowsWriter(GridWriter):
         if len(out) != h or any(len(r) != w for r in out):
             raise ValueError(f"the rows do not make the {h}x{w} shape the header says")
         return out
-
-    def parse(self, text: str) -> np.ndarray | str:
-        return _checked(text, self)
 
     def parse_answer(self, text: str) -> np.ndarray | str:
         return self.parse("```grid" + text)
