@@ -409,3 +409,19 @@ def test_presets_name_their_formats():
     assert (mit.model.format, omni.model.format) == ("mit", "omni-arc")
     assert (mit.model.lora.rank, mit.ttt.lr, mit.select.method) == (128, 1e-4, "vote")
     assert (omni.ttt.lr, omni.data.loss_on_demo_outputs) == (8e-5, False)
+
+
+def test_a_template_models_arcttt_json_is_read_back_and_checked(mit_model_dir, tmp_path):
+    """adopt-model records a template format; loading re-derives its ids from the directory's own
+    tokenizer and refuses a record that disagrees, naming the piece."""
+    from arcttt.model import model_token_map
+    from arcttt.weights import adopt_model
+
+    out = adopt_model(mit_model_dir, tmp_path / "adopted", "mit", copy=True)
+    tm, meta = model_token_map(out)
+    assert isinstance(tm, TemplateMap) and meta["format"] == "mit"
+    assert tm.to_json() == token_map_from_tokenizer("mit", build_tokenizer("mit")).to_json()
+    meta["token_map"]["end"] = [tm.pad]
+    (out / "arcttt.json").write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match=rf"end is \[{tm.pad}\] in arcttt.json but \[{tm.end[0]}\] in tokenizer.json"):
+        model_token_map(out)
