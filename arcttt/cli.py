@@ -253,7 +253,7 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", forma
         out: Where to write submission.json.
         config: A preset (kaggle-l4x4, kaggle-t4x2, nvarc-l4x4, architects-t4x2, architects-l4x4,
             cpu-smoke; auto: the one for this machine's GPUs) or a JSON/YAML config file.
-        format: The format the model was trained on (compact, chat, nvarc, architects), for a directory
+        format: The format the model was trained on (compact, chat, nvarc, architects, mit, omni-arc), for a directory
             without arcttt.json (sets model.format; nvarc's tokenizer is recognised without it).
         time_budget: Seconds for the whole run from now, a positive number (overrides budget.time_budget_s).
         workers: Worker processes (default: one per visible GPU, one on CPU; capped at the tasks and CPUs).
@@ -444,7 +444,8 @@ def show_prompt(task_id: str, *, challenges: Path, model: Path, format: str | No
         task_id: The task's id, e.g. 00576224.
         challenges: Kaggle challenges file holding the task.
         model: The model directory (its arcttt.json, or its tokenizer with --format).
-        format: The format the model was trained on, for a directory without arcttt.json.
+        format: The format the model was trained on, for a directory without arcttt.json (compact, chat,
+            nvarc, architects, or the template formats mit and omni-arc, which use the model's own vocabulary).
         test: Which test input (0-based).
         augmentation: An augmentation key as in the run's records, e.g. rot90/c0918273645/o1,0,2 (default:
             the identity).
@@ -600,7 +601,8 @@ def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "
 
 # --- model --------------------------------------------------------------------------------------
 
-def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects"] = "compact",
+def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects", "mit",
+                                                         "omni-arc"] = "compact",
                     hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int = 128,
                     extra_tokens: int = 0, seed: int = 0, arch: typing.Literal["llama", "qwen3", "mistral"] = "llama",
                     meta: bool = True) -> int:
@@ -610,7 +612,8 @@ def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nva
     Args:
         out: Folder to write (config.json, model.safetensors, tokenizer files, arcttt.json).
         format: Token format the model speaks: compact (16 tokens), chat (ChatML markers), nvarc (NVARC's
-            16-token vocabulary) or architects (the ARChitects' single characters).
+            16-token vocabulary), architects (the ARChitects' single characters), or the template formats
+            mit (a byte-level BPE with Llama 3's split and special tokens) and omni-arc (Qwen's split, ChatML).
         arch: Architecture: llama, qwen3 (NVARC's base) or mistral (the ARChitects').
         meta: Write arcttt.json (--no-meta: like a published checkpoint, which has none).
         hidden: Hidden size (a multiple of HEADS with an even head size).
@@ -631,7 +634,8 @@ def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nva
     return 0
 
 
-def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects"],
+def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects", "mit",
+                                                                "omni-arc"],
                 copy: bool = False) -> int:
     """Make a ready model directory for a published checkpoint that is already cut (and maybe saved in
     bnb 4-bit) and has no arcttt.json: DST gets every file of SRC linked (or copied) as it is, and

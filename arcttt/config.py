@@ -152,10 +152,60 @@ def _architects(preset_name: str, t4: bool) -> RunConfig:
     )
 
 
+def _mit() -> RunConfig:
+    # MIT's test-time training (ekinakyurek/marc; issue #12, shared/FIELD-NOTES.md) for their
+    # marc-8B-finetuned-llama3 checkpoint in its own format (a Llama-3 chat, numpy-printed grids).
+    return RunConfig(
+        preset="mit",
+        # at most 250 leave-one-out tasks under augmentations; loss on the outputs after the first;
+        # colour permutations keep 0 (MIT keeps the background). Their leave-two-out tasks are not made.
+        data=DataConfig(n_sequences=250, max_len=8192, keep_background=True, loss_on_demo_outputs=True,
+                        loss_on_first_output=False),
+        # bf16 LoRA on Llama 3 8B; r=128, alpha 16, on q/v projections and the MLP (not the output
+        # projection), plain alpha/r scaling
+        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="mit",
+                          lora=LoraConfig(rank=128, alpha=16, use_rslora=False,
+                                          target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))),
+        # batch 2, 2 epochs over the 250 tasks = 250 steps; lr 1e-4 (their script's default), cosine with
+        # 10 % warmup, weight decay 0.01
+        ttt=TTTConfig(steps=250, lr=1e-4, warmup_frac=0.1, weight_decay=0.01, batch_tokens=16384, max_batch_size=2),
+        # greedy decoding under 2 permutations x 5 geometric views = 10 views (their views also drop
+        # demonstrations, leave-one-out; ours show them all)
+        search=SearchConfig(n_augmentations=10, greedy=True, keep_background=True),
+        # hierarchical voting over the views' answers; no likelihood rescoring (n_views=0: ties broken
+        # by the search's own logprob)
+        select=SelectConfig(method="vote", n_views=0, keep_background=True),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+    )
+
+
+def _omni_arc() -> RunConfig:
+    # Omni-ARC (ironbar/arc24; issue #12, shared/FIELD-NOTES.md): Qwen2.5-0.5B-Instruct + their LoRA
+    # r=128, in its own format (Qwen chat, markdown prompt, ```grid shape: HxW blocks). Their TTT
+    # continues the published adapter (model.adapter=DIR, issue #12 item 2); without it a fresh LoRA.
+    return RunConfig(
+        preset="omni-arc",
+        # n-1 leave-one-out tasks under augmentations, loss on the answer turn only (the completion
+        # only collator); colour handling is not in the facts: our default (0 kept)
+        data=DataConfig(n_sequences=300, max_len=8192, loss_on_demo_outputs=False),
+        # LoRA r=128 as published; alpha is not in the facts: 2 x r
+        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="omni-arc",
+                          lora=LoraConfig(rank=128, alpha=256, use_rslora=False)),
+        # batch 1, about 300 steps, lr 8e-5
+        ttt=TTTConfig(steps=300, lr=8e-5, batch_tokens=8192, max_batch_size=1),
+        # 96 augmented greedy predictions
+        search=SearchConfig(n_augmentations=96, greedy=True),
+        # voting over the predictions, no likelihood rescoring
+        select=SelectConfig(method="vote", n_views=0),
+        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+    )
+
+
 PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke,
            "nvarc-l4x4": _nvarc_l4x4,
            "architects-t4x2": lambda: _architects("architects-t4x2", t4=True),
-           "architects-l4x4": lambda: _architects("architects-l4x4", t4=False)}
+           "architects-l4x4": lambda: _architects("architects-l4x4", t4=False),
+           "mit": _mit, "omni-arc": _omni_arc}
 
 
 def preset(name: str) -> RunConfig:

@@ -27,6 +27,16 @@ Formats, by name (:data:`SPECS`):
   and the tokenizer's eos, rows joined by ``\\n``; written here as rows terminated with the output
   marker ``+/-=O`` and the end marker eos (the same text, and the answer's end is unambiguous).
 
+Template formats (:data:`TEMPLATES`, :class:`TemplateMap`; the end of this module), over the
+model's own full vocabulary, grids written as free text by a grid writer (``gridtext.py``):
+- ``mit``: MIT's Llama-3 chat (ekinakyurek/marc): a system turn with their instruction and every
+  demonstration as ``{numpy print} -> {numpy print}#``, a user turn ``{query} ->``, the answer
+  ``{numpy print}#<|eot_id|>``; each message's content stripped and encoded on its own.
+- ``omni-arc``: Omni-ARC's Qwen chat (ironbar/arc24, output-from-examples-v1): system ``You are a
+  helpful assistant.``, a markdown user turn, grids as fenced ``grid shape: HxW`` blocks with
+  numbered rows; the prompt ends with the answer turn's ``### Output\n\n```grid``.
+:func:`encode`, :func:`answer_ids`, :func:`parse_answer` and :func:`grid_len` take either map.
+
 Tokenizers are read with the ``tokenizers`` library itself (:func:`load_tokenizer`), never through
 ``AutoTokenizer``: transformers 5.17 rebuilds NVARC's WordLevel ``tokenizer.json`` as BPE and
 silently drops ``user``/``assistant``. :func:`token_map_from_tokenizer` derives a format's ids and
@@ -47,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from arcttt.data import MAX_SIDE, Pair
+from arcttt.gridtext import WRITERS, GridWriter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -111,12 +122,19 @@ SPECS: dict[str, FormatSpec] = {s.name: s for s in (
     FormatSpec("architects", bos="{bos}" + ARCHITECTS_PREPROMPT, input="I", output="+/-=O", end="{eos}",
                rows="terminated"),
 )}
-FORMATS = tuple(SPECS)
+TOKEN_FORMATS = tuple(SPECS)
+"""The formats of one token per cell (digits, a newline and markers): the 12-symbol search."""
+TEMPLATE_FORMATS = ("mit", "omni-arc")
+"""The formats defined by a template over the model's own vocabulary (:class:`TemplateSpec`)."""
+FORMATS = (*TOKEN_FORMATS, *TEMPLATE_FORMATS)
 # kept for callers of the first version: the chat format's marker texts
 CHAT_PIECES = {k: getattr(SPECS["chat"], k) for k in ("bos", "input", "output", "end")}
 
 
 def spec(name: str) -> FormatSpec:
+    if name in TEMPLATE_FORMATS:
+        raise FormatError(f"{name} is a template format (the model's own vocabulary, text grids): it has no "
+                          f"one-token-per-cell spec; only {', '.join(TOKEN_FORMATS)} do")
     if name not in SPECS:
         raise FormatError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
     return SPECS[name]
@@ -329,14 +347,17 @@ def _derive(fmt: FormatSpec, tok: TextTokenizer) -> TokenMap:
     return TokenMap(fmt.name, digits, newline, pad=int(pad), rows=fmt.rows, **markers)
 
 
-def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap:
+def token_map_from_tokenizer(format_name: str, tokenizer: Any) -> TokenMap | TemplateMap:
     """The ids of every piece of ``format_name`` in a tokenizer (a :class:`TextTokenizer`, a
     ``tokenizers.Tokenizer`` or a transformers fast tokenizer).
 
     Every digit and the newline must be one token; every marker must round-trip (its ids decode
     to its text); a format with fixed ids (``nvarc``) must get exactly its own ids. Raises
-    :class:`FormatError` naming the piece and the ids.
+    :class:`FormatError` naming the piece and the ids. A template format gives a
+    :class:`TemplateMap` (:func:`template_map`).
     """
+    if format_name in TEMPLATES:
+        return template_map(format_name, tokenizer)
     fmt = spec(format_name)
     tm = _derive(fmt, as_text_tokenizer(tokenizer))
     if fmt.fixed_ids:
@@ -367,6 +388,12 @@ def _piece_text(tm: TokenMap, name: str) -> str:
 def check_token_map(got: TokenMap, expected: TokenMap, *, got_from: str, expected_from: str) -> None:
     """Raise :class:`FormatError` on the first piece whose ids differ, naming the piece, its text
     and both id sequences."""
+    if isinstance(got, TemplateMap) or isinstance(expected, TemplateMap):
+        a, b = got.to_json(), expected.to_json()
+        for name in ("format", *b):
+            if a.get(name) != b.get(name):
+                raise FormatError(f"{name} is {a.get(name)} in {got_from} but {b.get(name)} in {expected_from}")
+        return
     for name in ("format", "rows", "digits", "newline", "bos", "input", "output", "end", "pad"):
         a, b = getattr(got, name), getattr(expected, name)
         if a != b:
@@ -472,6 +499,8 @@ def build_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTokeni
     """
     if extra_tokens < 0:
         raise ValueError(f"extra_tokens must be >= 0, got {extra_tokens}")
+    if format_name in TEMPLATES:
+        return template_tokenizer(format_name, extra_tokens)
     fmt = spec(format_name)
     roles = ROLE_TOKENS[fmt.name]
     fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
@@ -532,7 +561,9 @@ class Encoded:
 
 
 def grid_len(shape: tuple[int, int], tm: TokenMap) -> int:
-    """Tokens of a grid of ``shape``: its cells and its newlines."""
+    """Tokens of a grid of ``shape``: its cells and its newlines (a template format: an upper bound)."""
+    if isinstance(tm, TemplateMap):
+        return tm.grid_len(shape)
     h, w = shape
     return h * (w + 1) - (1 if tm.separated else 0)
 
@@ -549,7 +580,10 @@ def grid_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
 
 
 def answer_ids(grid: np.ndarray, tm: TokenMap) -> np.ndarray:
-    """What the model should generate after a prompt: the grid then the end marker."""
+    """What the model should generate after a prompt: the grid then the end marker (a template
+    format: the canonical tokenization of the answer text, then the end token)."""
+    if isinstance(tm, TemplateMap):
+        return tm.answer_ids(grid)
     return np.concatenate([grid_ids(grid, tm), np.asarray(tm.end, dtype=np.int64)])
 
 
@@ -561,6 +595,9 @@ def encode(demos: Sequence[Pair], query: np.ndarray, tm: TokenMap, answer: np.nd
     demonstration output (and end marker) after the first, and with ``loss_on_first_output`` too
     on the first (NVARC trains on every output).
     """
+    if isinstance(tm, TemplateMap):
+        return tm.encode(demos, query, answer, loss_on_demo_outputs=loss_on_demo_outputs,
+                         loss_on_first_output=loss_on_first_output)
     pieces: list = []
     losses: list[bool] = []  # one per piece; the mask is expanded once at the end (TTT data is hot)
 
@@ -603,8 +640,11 @@ def parse_answer(ids: Sequence[int], tm: TokenMap, *, require_end: bool = False)
 
     Reads up to the first token of the end marker. Terminated rows: every row ends with a newline.
     Separated rows: newlines only between rows (the last row ends at the end marker). All rows
-    have the same width, 1-30 cells, at most 30 rows.
+    have the same width, 1-30 cells, at most 30 rows. A template format: the ids' text up to the end
+    token, parsed strictly by its grid writer.
     """
+    if isinstance(tm, TemplateMap):
+        return tm.parse_answer(ids, require_end=require_end)
     ids = [int(i) for i in ids]
     end_at = ids.index(tm.end[0]) if tm.end[0] in ids else None
     if end_at is None and require_end:
@@ -665,4 +705,344 @@ def read_model_meta(model_dir: str | Path) -> tuple[TokenMap, dict]:
     if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         raise FormatError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
                           f"known: {', '.join(FORMATS)}")
+    if meta["format"] in TEMPLATES:  # a template format's ids come from the directory's own tokenizer
+        tm = template_map(meta["format"], load_tokenizer(model_dir))
+        recorded = meta.get("token_map", {})
+        for name, value in tm.to_json().items():
+            if recorded.get(name, value) != value:
+                raise FormatError(f"{name} is {recorded.get(name)} in {META_FILE} but {value} in tokenizer.json")
+        return tm, meta
     return TokenMap.from_json(meta.get("token_map", {})), meta
+
+
+# --- template formats: text grids in the model's own chat template ---------------------------------
+#
+# A template format writes a task as text (a grid writer of arcttt.gridtext, the layout of the
+# demonstrations and the query, the model's chat template) and tokenizes it with the model's own
+# tokenizer, in chunks: each chunk (a chat message's content, or the fixed text around it) is
+# encoded on its own and the ids concatenated, as the peers' code does. The prompt ends with the
+# answer's cue chunk (TemplateMap.output); the answer is the writer's answer text encoded on its
+# own, then the end token. Loss falls on the tokens whose text overlaps a loss span (the answer, and
+# with loss_on_demo_outputs the demonstration outputs after the first), found by the tokenizer's
+# character offsets, so a token that straddles a span's edge carries loss.
+#
+# Several tokenizations of one answer text: the search grammar (TemplateGrammar) allows every token
+# whose whole text the writer's automaton accepts, so an answer may be generated in more than one
+# tokenization (e.g. "]]#" or "]" "]#"). Each is a completion of its own with its own probability;
+# search.search_test_input merges a view's completions by grid (summing their probabilities), and
+# scoring (select.py) re-encodes every candidate in the canonical tokenization (answer_ids).
+
+MIT_INSTRUCTION = ("Figure out the underlying transformation in the following examples and apply it to the test "
+                   "case. Here are some examples from this transformation, your answer must follow the format.\n"
+                   "The input-output grids are provided as python arrays:\n")
+OMNI_SYSTEM = "You are a helpful assistant."
+# arc24's prompt version output-from-examples-v1 (scripts/arc24/prompting.py, prompt_template_v1),
+# a Jinja template rendered without trim_blocks and without keeping the trailing newline
+OMNI_INTRO = ("Let's see if you can solve this simple Abstraction and Reasoning Challenge (ARC) task.\n"
+              "Below there are some input-output grid examples that define the task.\n"
+              "Your job is to understand the transformation between the input and the output and apply it to "
+              "the test input grid.\n"
+              "The transformations are always based on the following priors: objectness, goal-directed, numbers & "
+              "counting, and basic geometry & topology.\n")
+LLAMA3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+# Llama 3's pre-tokenizer split (tiktoken's cl100k-style pattern): digits grouped up to 3 a token
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text encoded on its own, and the character spans in it that carry loss."""
+
+    text: str
+    loss: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """A template format: its grid writer (``gridtext.WRITERS``), its special tokens and the layout
+    (:func:`template_chunks`)."""
+
+    name: str
+    writer: str
+    bos: str
+    end: str
+    pad: str
+    cue: str
+    """The text the prompt ends with, after which the answer text follows."""
+    special: tuple[str, ...]
+    """The chat template's special tokens (a fixture tokenizer adds them)."""
+
+
+TEMPLATES: dict[str, TemplateSpec] = {t.name: t for t in (
+    TemplateSpec("mit", writer="numpy", bos="<|begin_of_text|>", end="<|eot_id|>", pad="<|end_of_text|>",
+                 cue="<|start_header_id|>assistant<|end_header_id|>\n\n", special=LLAMA3_SPECIAL),
+    TemplateSpec("omni-arc", writer="shape-rows", bos="", end="<|im_end|>", pad="<|endoftext|>",
+                 cue="<|im_end|>\n<|im_start|>assistant\n### Output\n\n```grid", special=CHATML_MARKERS),
+)}
+
+
+def template_spec(name: str) -> TemplateSpec:
+    if name not in TEMPLATES:
+        raise FormatError(f"unknown template format {name!r}; known: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def template_chunks(name: str, demos: Sequence[tuple[str, str]], query: str, *, demo_loss_from: int | None) -> list[Chunk]:
+    """The prompt of a template format as chunks, from the grids' texts; the last chunk ends with the
+    cue. ``demo_loss_from``: demonstration outputs from this index on carry loss (None: none)."""
+    def loss(k: int, start: int, stop: int) -> tuple[tuple[int, int], ...]:
+        return ((start, stop),) if demo_loss_from is not None and k >= demo_loss_from else ()
+
+    if name == "mit":
+        # MIT (ekinakyurek/marc arclib/messagers.py, representers.py; torchtune's Llama-3 tokenizer): a
+        # system turn with the instruction and every demonstration "{in} -> {out}#\n", a user turn
+        # "{query} -> "; torchtune strips each message's content and encodes it on its own
+        content, spans = MIT_INSTRUCTION, []
+        for k, (i, o) in enumerate(demos):
+            content += f"{i} -> "
+            spans += loss(k, len(content), len(content) + len(o) + 1)
+            content += f"{o}#\n"
+        return [Chunk("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"),
+                Chunk(content.strip(), tuple(spans)),
+                Chunk("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"),
+                Chunk(f"{query} -> ".strip()),
+                Chunk("<|eot_id|>" + TEMPLATES["mit"].cue)]
+    if name == "omni-arc":
+        # Omni-ARC (ironbar/arc24 prompting.py, output-from-examples-v1): Qwen's chat template with its
+        # system turn; the user turn is markdown; the answer turn "### Output\n\n" + the grid block.
+        # arc24 tokenizes the whole prompt text at once: one chunk.
+        text = f"<|im_start|>system\n{OMNI_SYSTEM}<|im_end|>\n<|im_start|>user\n{OMNI_INTRO}"
+        spans = []
+        for k, (i, o) in enumerate(demos):
+            text += f"\n## Example {k + 1}\n\n### Input\n\n{i}\n\n### Output\n\n"
+            spans += loss(k, len(text), len(text) + len(o))
+            text += f"{o}\n"
+        text += f"\n## Test case\n\n### Input\n\n{query}" + TEMPLATES["omni-arc"].cue
+        return [Chunk(text, tuple(spans))]
+    raise FormatError(f"unknown template format {name!r}; known: {', '.join(TEMPLATES)}")
+
+
+@dataclass(eq=False)
+class TemplateMap:
+    """A template format over one tokenizer: what :class:`TokenMap` is to the token formats. Its
+    ``output`` is the ids of the cue (what every prompt ends with), ``end`` the end token's."""
+
+    format: str
+    tokenizer: TextTokenizer = field(repr=False)
+    bos: tuple[int, ...]
+    output: tuple[int, ...]
+    end: tuple[int, ...]
+    pad: int
+    _grammar: Any = field(default=None, repr=False)
+    _overheads: tuple[int, int] | None = field(default=None, repr=False)
+
+    @property
+    def spec(self) -> TemplateSpec:
+        return TEMPLATES[self.format]
+
+    @property
+    def writer(self) -> GridWriter:
+        return WRITERS[self.spec.writer]
+
+    @property
+    def used_ids(self) -> list[int]:
+        return sorted({*self.bos, *self.output, *self.end, self.pad})
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "bos": list(self.bos), "output": list(self.output), "end": list(self.end),
+                "pad": self.pad}
+
+    def _encode_chunk(self, chunk: Chunk) -> tuple[list[int], list[bool]]:
+        enc = self.tokenizer.backend.encode(chunk.text, add_special_tokens=False)
+        ids = [int(i) for i in enc.ids]
+        mask = [any(s < b and a < e for a, b in chunk.loss) for s, e in enc.offsets]
+        return ids, mask
+
+    def answer_ids(self, grid: np.ndarray) -> np.ndarray:
+        """The canonical tokenization of the answer text, then the end token."""
+        return np.asarray([*self.tokenizer.encode(self.writer.answer_text(grid)), *self.end], dtype=np.int64)
+
+    def encode(self, demos: Sequence[Pair], query: np.ndarray, answer: np.ndarray | None = None, *,
+               loss_on_demo_outputs: bool = False, loss_on_first_output: bool = False) -> Encoded:
+        w = self.writer
+        chunks = template_chunks(self.format, [(w.write(p.input), w.write(p.output)) for p in demos], w.write(query),
+                                 demo_loss_from=(0 if loss_on_first_output else 1) if loss_on_demo_outputs else None)
+        ids: list[int] = []
+        mask: list[bool] = []
+        for chunk in chunks:
+            i, m = self._encode_chunk(chunk)
+            ids += i
+            mask += m
+        prompt_len = len(ids)
+        if answer is not None:
+            a = self.answer_ids(answer)
+            ids += a.tolist()
+            mask += [True] * len(a)
+        return Encoded(np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool), prompt_len)
+
+    def parse_answer(self, ids: Sequence[int], *, require_end: bool = False) -> np.ndarray | ParseFailure:
+        ids = [int(i) for i in ids]
+        end_at = ids.index(self.end[0]) if self.end[0] in ids else None
+        if end_at is None and require_end:
+            return ParseFailure("no end marker")
+        text = self.tokenizer.decode(ids[:end_at])
+        got = self.writer.parse_answer(text)
+        return got if isinstance(got, np.ndarray) else ParseFailure(got)
+
+    # Lengths for fitting demonstrations into max_len, without encoding every candidate layout: a
+    # grid's text in characters (a byte-level token holds at least one character of this ASCII
+    # text), the fixed text around the grids in its own tokens, plus a margin for the tokens that
+    # merge across a grid's edge. Upper bounds in practice, exact neither way.
+    def grid_len(self, shape: tuple[int, int]) -> int:
+        return len(self.writer.write(np.zeros(shape, dtype=np.uint8)))
+
+    def overheads(self) -> tuple[int, int]:
+        """Tokens a demonstration adds beside its two grids, and the rest of a sequence beside its
+        query and answer grids (see above)."""
+        if self._overheads is None:
+            def tokens(chunks: list[Chunk]) -> int:
+                return sum(len(self.tokenizer.encode(c.text)) for c in chunks)
+
+            none = tokens(template_chunks(self.format, [], "", demo_loss_from=None))
+            one = tokens(template_chunks(self.format, [("", "")], "", demo_loss_from=None))
+            self._overheads = (one - none + 8, none + len(self.end) + 16)
+        return self._overheads
+
+    def max_answer_len(self) -> int:
+        return len(self.writer.answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8))) + len(self.end)
+
+    def grammar(self) -> TemplateGrammar:
+        if self._grammar is None:
+            self._grammar = TemplateGrammar.build(self)
+        return self._grammar
+
+
+@dataclass(eq=False)
+class TemplateGrammar:
+    """The search grammar of a template format: the writer's character automaton mapped to the
+    tokenizer's tokens. ``symbols``: the ids of every token whose text is made only of the writer's
+    alphabet, then the end token; at a state, a token is allowed when the automaton accepts its
+    whole text from there, the end only in an accepting state."""
+
+    symbols: list[int]
+    texts: list[str]
+    writer: GridWriter
+    start: tuple
+    max_tokens: int
+    _memo: dict = field(default_factory=dict, repr=False)
+    _by_first: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, tm: TemplateMap) -> TemplateGrammar:
+        tok, writer = tm.tokenizer, tm.writer
+        special = {*tm.bos, *tm.end, tm.pad} | {i for t, i in tok.vocab().items() if t in tm.spec.special}
+        alphabet = set(writer.alphabet)
+        pairs = []
+        for token, i in sorted(tok.vocab().items(), key=lambda kv: kv[1]):
+            if i in special:
+                continue
+            text = tok.decode([i])
+            if text and set(text) <= alphabet:
+                pairs.append((i, text))
+        if not pairs:
+            raise FormatError(f"tokenizer {tok.name}: no token is made of the {writer.name} writer's characters")
+        # one character a token at worst: the longest answer's characters bound its tokens
+        return cls([i for i, _ in pairs] + [tm.end[0]], [t for _, t in pairs] + [""], writer, writer.start,
+                   tm.max_answer_len())
+
+    @property
+    def end(self) -> int:
+        return len(self.symbols) - 1
+
+    def is_end(self, sym: int) -> bool:
+        return sym == len(self.symbols) - 1
+
+    def allowed(self, state) -> list[int]:
+        got = self._memo.get(state)
+        if got is None:
+            if not self._by_first:  # symbols by their first character: most are ruled out by it
+                for k, text in enumerate(self.texts[:-1]):
+                    self._by_first.setdefault(text[0], []).append(k)
+            got = []
+            for ch, syms in self._by_first.items():
+                after = self.writer.step(state, ch)
+                if after is not None:
+                    got += [k for k in syms if self.writer.run(after, self.texts[k][1:]) is not None]
+            got.sort()
+            if self.writer.accepting(state):
+                got.append(self.end)
+            self._memo[state] = got
+        return got
+
+    def advance(self, state, sym: int):
+        return None if state is None else self.writer.run(state, self.texts[sym])
+
+
+def template_map(format_name: str, tokenizer: Any) -> TemplateMap:
+    """A template format's ids in a tokenizer: its bos, end and pad must be single tokens and the cue
+    must round-trip. Raises :class:`FormatError` naming the piece."""
+    fmt = template_spec(format_name)
+    tok = as_text_tokenizer(tokenizer)
+
+    def single(text: str, what: str) -> tuple[int, ...]:
+        if not text:
+            return ()
+        i = tok.token_to_id(text)
+        if i is None:
+            raise FormatError(f"tokenizer {tok.name}: has no {text!r} token, which the {fmt.name} format needs as "
+                              f"its {what}")
+        return (int(i),)
+
+    cue = tok.encode(fmt.cue)
+    if tok.decode(cue) != fmt.cue:
+        raise FormatError(f"tokenizer {tok.name}: the {fmt.name} format's cue {fmt.cue!r} encodes to {cue}, which "
+                          f"decodes to {tok.decode(cue)!r}")
+    for what in ("0", "\n"):
+        if tok.decode(tok.encode(what)) != what:
+            raise FormatError(f"tokenizer {tok.name}: {what!r} does not round-trip")
+    return TemplateMap(fmt.name, tok, single(fmt.bos, "bos"), tuple(cue), single(fmt.end, "end token"),
+                       single(fmt.pad, "pad")[0])
+
+
+def template_tokenizer(format_name: str, extra_tokens: int = 0) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer like the model's own, trained here on a few lines of grid
+    text with the chat template's special tokens (no download): mit, Llama 3's split (digits grouped
+    up to 3 a token) and special tokens; omni-arc, Qwen's split (one digit a token) and ChatML's."""
+    from tokenizers import Tokenizer
+
+    fmt = template_spec(format_name)
+    tok = Tokenizer.from_str(_trained_template_tokenizer(fmt.name, extra_tokens))
+    return _portable_tokenizer_class()(tokenizer_object=tok, bos_token=fmt.bos or None, eos_token=fmt.end,
+                                       pad_token=fmt.pad)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_template_tokenizer(format_name: str, extra_tokens: int) -> str:
+    """The trained fixture tokenizer of :func:`template_tokenizer` as JSON (trained once a process)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    fmt = template_spec(format_name)
+    tok = Tokenizer(models.BPE())
+    split = LLAMA3_SPLIT if fmt.name == "mit" else QWEN_SPLIT
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    writer = WRITERS[fmt.writer]
+    rng = np.random.default_rng(0)
+    grids = [rng.integers(0, 10, size=(int(h), int(w))) for h, w in rng.integers(1, 12, size=(40, 2))]
+    demos = [(writer.write(a), writer.write(b)) for a, b in zip(grids[::2], grids[1::2])]
+    corpus = []
+    for k in range(1, len(demos)):
+        text = "".join(c.text for c in template_chunks(fmt.name, demos[:k], demos[k][0], demo_loss_from=None))
+        corpus.append(text + writer.answer_text(grids[2 * k + 1]) + fmt.end)
+    # numbers, so that Llama 3's split has its multi-digit tokens (its real vocabulary holds every
+    # number up to 999 as one token; Qwen's split keeps digits apart whatever the merges)
+    corpus.append(" ".join(str(n) for n in range(1000)))
+    fillers = [f"<extra_{i}>" for i in range(extra_tokens)]
+    trainer = trainers.BpeTrainer(vocab_size=1400, special_tokens=[*fmt.special, *fillers], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus * 3, trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*fmt.special, *fillers)])
+    return tok.to_str()

@@ -14,7 +14,10 @@ How the search reads the model:
   every row as wide as the first, at most 30 x 30, the end only after a whole row (after its
   newline when the format's rows are newline-terminated, in its place when they are separated). Without
   renormalisation this changes nothing in the kept completions, it only saves forward passes; it
-  also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens.
+  also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens. The grammar is an object
+  (:func:`answer_grammar`): :class:`DigitGrammar` for the token formats, ``formats.TemplateGrammar``
+  for the template formats (mit, omni-arc), whose symbols are the model's own tokens made only of the
+  grid writer's characters, checked by a character automaton; the search itself is the same.
 - The most likely child is explored first. A branch is cut as soon as its cumulative probability
   falls below the threshold (probabilities only shrink along a path, so nothing above it is lost).
   Greedy decoding is the degenerate case "one child per node, no threshold" (:func:`greedy`).
@@ -46,7 +49,7 @@ import torch
 
 from arcttt.augment import Augmentation
 from arcttt.data import MAX_SIDE, Task, grid_to_list
-from arcttt.formats import TokenMap, parse_answer
+from arcttt.formats import TemplateMap, TokenMap, parse_answer
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
@@ -191,7 +194,7 @@ def positions(start: int, n: int, device, rows: int = 1) -> torch.Tensor:
 
 def _symbol_logprobs(logits: torch.Tensor, symbol_ids: torch.Tensor) -> np.ndarray:
     """Log-probabilities of the answer symbols from the logits of one position per row:
-    float64 [rows, 12] on the host (the search's one device sync per step)."""
+    float64 [rows, symbols] on the host (the search's one device sync per step)."""
     return torch.log_softmax(logits.float(), dim=-1).index_select(-1, symbol_ids).cpu().double().numpy()
 
 
@@ -227,14 +230,43 @@ def _advance(state: tuple[int, int, int], sym: int) -> tuple[int, int, int]:
     return col + 1, width, rows
 
 
-_ALL = list(range(N_SYMBOLS))
+@dataclass(frozen=True)
+class DigitGrammar:
+    """The grammar of the token formats (one token per cell): the 12 answer symbols
+    (``TokenMap.answer_ids``) and the automaton of :func:`_allowed` / :func:`_advance`.
+
+    A grammar is what the tree search asks at each node: ``symbols`` (the token ids it may feed, the
+    end token last), ``start``, ``allowed(state)`` (symbol indices), ``advance(state, symbol)``,
+    ``is_end(symbol)`` and ``max_tokens`` (the longest answer, end included). The template formats'
+    grammar is ``formats.TemplateGrammar`` (a character automaton over the model's own tokens)."""
+
+    symbols: tuple[int, ...]
+    separated: bool = False
+    start: tuple = _START
+    max_tokens: int = MAX_ANSWER_TOKENS
+
+    def allowed(self, state) -> list[int]:
+        return _allowed(state, self.separated)
+
+    def advance(self, state, sym: int):
+        return _advance(state, sym)
+
+    def is_end(self, sym: int) -> bool:
+        return sym == END
+
+
+def answer_grammar(tm: TokenMap | TemplateMap):
+    """The search grammar of a format's token map."""
+    if isinstance(tm, TemplateMap):
+        return tm.grammar()
+    return DigitGrammar(tuple(tm.answer_ids), tm.separated)
 
 
 def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, renormalize: bool,
-              greedy: bool, separated: bool) -> list[tuple[float, int]]:
+              greedy: bool, gram) -> list[tuple[float, int]]:
     """Children worth exploring, as (cumulative logprob, symbol), least likely first (pop() takes
-    the most likely)."""
-    syms = _allowed(state, separated) if grammar else _ALL
+    the most likely). ``grammar=False``: every symbol of ``gram``."""
+    syms = gram.allowed(state) if grammar else list(range(len(gram.symbols)))
     vals = lp[syms]
     if renormalize and len(syms):
         vals = vals - np.logaddexp.reduce(vals)
@@ -247,16 +279,18 @@ def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, r
 
 
 def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, min_lp: float,
-                 max_new: int, grammar: bool, renormalize: bool, greedy: bool, separated: bool = False):
+                 max_new: int, grammar: bool, renormalize: bool, greedy: bool, gram=None):
     """One view's depth-first search as a generator, so that one driver can run many in lock-step.
 
     It yields ``(depth, symbol)``: "feed this symbol as answer token number ``depth``" (the cache
     must then hold the prompt and the first ``depth`` tokens of the current path), and is sent back
     the symbols' log-probabilities after that token. Finished paths (symbols, logprob) are appended
     to ``found``. Iterative, so that 931-token answers do not hit Python's recursion limit.
+    ``gram``: the grammar (default: the token formats' with rows terminated).
     """
+    gram = gram if gram is not None else DigitGrammar(tuple(range(N_SYMBOLS)))
     path: list[int] = []
-    stack = [(_children(root_lp, 0.0, _START, min_lp, grammar, renormalize, greedy, separated), _START)]
+    stack = [(_children(root_lp, 0.0, gram.start, min_lp, grammar, renormalize, greedy, gram), gram.start)]
     while stack:
         kids, state = stack[-1]
         if not kids:
@@ -265,15 +299,15 @@ def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, m
                 path.pop()
             continue
         cum, sym = kids.pop()
-        if sym == END:
-            found.append((path + [END], cum))
+        if gram.is_end(sym):
+            found.append((path + [sym], cum))
             continue
         if len(path) + 2 > max_new:  # no room left for the end token
             continue
         lp = yield len(path), sym
         path.append(sym)
-        state = _advance(state, sym)
-        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy, separated), state))
+        state = gram.advance(state, sym)
+        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy, gram), state))
 
 
 # --- drivers: one view, or many in lock-step -----------------------------------------------------
@@ -413,21 +447,24 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     return found
 
 
-def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: TokenMap, *, threshold: float,
-                   greedy: bool = False, max_new_tokens: int = MAX_ANSWER_TOKENS, renormalize: bool = False,
+def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: TokenMap | TemplateMap, *,
+                   threshold: float, greedy: bool = False, max_new_tokens: int | None = None, renormalize: bool = False,
                    grammar: bool = True, batch: bool = True, max_batch_tokens: int = 32768,
                    deadline: float | None = None, device: torch.device | str | None = None,
                    stats: SearchStats | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
-    most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then."""
+    most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
+    ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`)."""
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
-    answer_ids = tm.answer_ids
+    gram = answer_grammar(tm)
+    answer_ids = list(gram.symbols)
     symbol_ids = torch.tensor(answer_ids, device=device)
     feed = [torch.tensor([[t]], device=device) for t in answer_ids]
-    opts = dict(min_lp=-math.inf if greedy else math.log(threshold), max_new=max_new_tokens,
-                grammar=grammar, renormalize=renormalize, greedy=greedy, separated=tm.separated)
+    opts = dict(min_lp=-math.inf if greedy else math.log(threshold),
+                max_new=gram.max_tokens if max_new_tokens is None else max_new_tokens,
+                grammar=grammar, renormalize=renormalize, greedy=greedy, gram=gram)
     prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
     results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
     with inference(model):
@@ -474,8 +511,8 @@ def _groups(lens: list[int], max_tokens: int) -> list[list[int]]:
     return groups
 
 
-def dfs(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap, *, threshold: float,
-        max_new_tokens: int = MAX_ANSWER_TOKENS, deadline: float | None = None,
+def dfs(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap | TemplateMap, *, threshold: float,
+        max_new_tokens: int | None = None, deadline: float | None = None,
         device: torch.device | str | None = None, renormalize: bool = False, grammar: bool = True,
         stats: SearchStats | None = None) -> list[Completion]:
     """Every completion of ``prompt_ids`` (ending with the end marker's first token, at most
@@ -485,8 +522,8 @@ def dfs(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap, *, thresho
                           stats=stats)[0]
 
 
-def greedy(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap, *,
-           max_new_tokens: int = MAX_ANSWER_TOKENS, deadline: float | None = None,
+def greedy(model: torch.nn.Module, prompt_ids: np.ndarray, tm: TokenMap | TemplateMap, *,
+           max_new_tokens: int | None = None, deadline: float | None = None,
            device: torch.device | str | None = None, grammar: bool = True,
            stats: SearchStats | None = None) -> Completion | None:
     """The most likely answer symbol at every step (the search with one child per node and no
@@ -507,7 +544,7 @@ def as_view(view: Any) -> tuple[Augmentation, np.ndarray]:
     return aug, np.asarray(prompt, dtype=np.int64)
 
 
-def checked_views(task: Task, test_index: int, views: Sequence[Any], tm: TokenMap) -> list[tuple[Augmentation, np.ndarray]]:
+def checked_views(task: Task, test_index: int, views: Sequence[Any], tm: TokenMap | TemplateMap) -> list[tuple[Augmentation, np.ndarray]]:
     if not 0 <= test_index < task.n_test:
         raise ValueError(f"task {task.id}: test index {test_index} out of range (it has {task.n_test} test inputs)")
     out = [as_view(v) for v in views]
@@ -518,11 +555,14 @@ def checked_views(task: Task, test_index: int, views: Sequence[Any], tm: TokenMa
     return out
 
 
-def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: TokenMap, views: Sequence[Any],
+def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: TokenMap | TemplateMap, views: Sequence[Any],
                       cfg: SearchConfig, deadline: float | None = None, device: torch.device | str | None = None,
                       stats: SearchStats | None = None) -> list[Candidate]:
     """Search every view of test input ``test_index``, parse each completion, map it back to the
-    task's frame and merge equal grids. Candidates come most-found first, then most likely."""
+    task's frame and merge equal grids. Candidates come most-found first, then most likely.
+
+    A template format can spell one answer in several tokenizations: a view's completions of one
+    grid count as one find, with the sum of their probabilities (the probability of the text)."""
     pairs = checked_views(task, test_index, views, tm)
     if cfg.time_limit_s is not None:
         cap = time.time() + cfg.time_limit_s
@@ -532,11 +572,16 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
                              deadline=deadline, device=device, stats=stats)
     merged: dict[tuple, Candidate] = {}
     for (aug, _), comps in zip(pairs, results):
+        view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids (in insertion order: most likely first)
         for comp in comps[:cfg.max_candidates_per_view]:
             grid = parse_answer(comp.ids, tm, require_end=True)
             if isinstance(grid, np.ndarray):
                 grid = aug.invert_grid(grid)
-                merged.setdefault(grid_key(grid), Candidate(grid)).found.append((aug.key, comp.logprob))
+                key = grid_key(grid)
+                lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
+                view[key] = (grid, lp)
+        for key, (grid, lp) in view.items():
+            merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
     return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
 
 

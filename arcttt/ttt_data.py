@@ -22,7 +22,7 @@ import numpy as np
 
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.data import MAX_SIDE, Pair, Task
-from arcttt.formats import Encoded, TextTokenizer, TokenMap, answer_ids, encode, grid_len
+from arcttt.formats import Encoded, TemplateMap, TextTokenizer, TokenMap, answer_ids, encode, grid_len
 
 # a duplicate-heavy held-out pair (symmetric grids, few augmentations switched on) is given up
 # after this many duplicates in a row
@@ -112,7 +112,10 @@ def _fit(demo_lens: list[int], base: int, max_len: int) -> list[int]:
 
 
 def _lengths(tm: TokenMap) -> tuple[int, int]:
-    """Tokens of a demonstration's markers, and of a query's markers plus bos and end."""
+    """Tokens of a demonstration's markers, and of a query's markers plus bos and end (a template
+    format: upper bounds, see ``TemplateMap.overheads``)."""
+    if isinstance(tm, TemplateMap):
+        return tm.overheads()
     demo = len(tm.input) + len(tm.output) + len(tm.end)
     return demo, len(tm.bos) + demo
 
@@ -196,6 +199,8 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
 
 def max_answer_len(tm: TokenMap) -> int:
     """Tokens of the largest possible answer: a 30x30 grid and the end marker."""
+    if isinstance(tm, TemplateMap):
+        return tm.max_answer_len()
     return grid_len((MAX_SIDE, MAX_SIDE), tm) + len(tm.end)
 
 

@@ -185,3 +185,25 @@ def architects_model_dir(tmp_path_factory):
 
     return make_tiny_model(tmp_path_factory.mktemp("architects") / "Mistral-ARChitects", "architects",
                            arch="mistral", meta=False)
+
+
+# --- the template formats' checkpoints: MIT's (Llama 3) and Omni-ARC's (Qwen2.5), random weights -----
+
+@pytest.fixture(scope="session")
+def mit_model_dir(tmp_path_factory):
+    """A MIT-shaped directory: a tiny random Llama with a byte-level BPE tokenizer trained here on grid
+    text (Llama 3's split: digits grouped up to 3; its special tokens), no arcttt.json."""
+    from arcttt.model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("mit") / "marc-8B-finetuned-llama3", "mit", arch="llama",
+                           meta=False)
+
+
+@pytest.fixture(scope="session")
+def omni_model_dir(tmp_path_factory):
+    """An Omni-ARC-shaped directory: a tiny random Qwen3 with a byte-level BPE tokenizer trained here
+    (Qwen's split: one digit a token; ChatML special tokens), no arcttt.json."""
+    from arcttt.model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("omni") / "Qwen2.5-0.5B-Instruct-omni-arc", "omni-arc",
+                           arch="qwen3", meta=False)

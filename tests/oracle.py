@@ -24,7 +24,7 @@ import torch
 
 from arcttt.augment import D8_NAMES, Augmentation
 from arcttt.data import Task
-from arcttt.formats import TokenMap, answer_ids, parse_answer
+from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
 
 CONFIDENT = 25.0  # logit of the expected next token; every other token has 0
 
@@ -65,8 +65,22 @@ def _starts(ids: list[int], at: int, marker: tuple[int, ...]) -> bool:
     return tuple(ids[at:at + len(marker)]) == marker
 
 
-def parse_prompt(ids: list[int], tm: TokenMap) -> _Parsed | None:
+def parse_template_prompt(ids: list[int], tm: TemplateMap) -> _Parsed | None:
+    """A template format's prompt read as text: every grid its writer wrote, in order (demonstration
+    input, output, ..., query), each parsed strictly; None unless it ends with the cue."""
+    text = tm.tokenizer.decode(ids)
+    if not text.endswith(tm.spec.cue):
+        return None
+    grids = [tm.writer.parse(m.group()) for m in tm.writer.pattern.finditer(text)]
+    if not grids or len(grids) % 2 == 0 or not all(isinstance(g, np.ndarray) for g in grids):
+        return None
+    return _Parsed(list(zip(grids[:-1:2], grids[1:-1:2])), grids[-1])
+
+
+def parse_prompt(ids: list[int], tm: TokenMap | TemplateMap) -> _Parsed | None:
     """Demonstrations and query of a prompt (ending with the output marker), or None."""
+    if isinstance(tm, TemplateMap):
+        return parse_template_prompt(ids, tm)
     grid_tokens = {*tm.digits, tm.newline}
 
     def read_grid(at: int) -> tuple[np.ndarray | None, int]:

@@ -15,7 +15,7 @@ import pytest
 from arcttt.budget import TaskDeadlines
 from arcttt.config import load_config
 from arcttt.data import load_split
-from arcttt.formats import FORMATS, as_text_tokenizer, build_tokenizer, token_map_from_tokenizer
+from arcttt.formats import FORMATS, TEMPLATE_FORMATS, as_text_tokenizer, build_tokenizer, token_map_from_tokenizer
 from arcttt.pipeline import solve_task
 from oracle import oracle_session, parse_prompt
 
@@ -36,10 +36,12 @@ def oracle_tasks(n: int = 10) -> list:
 TASKS = oracle_tasks()
 
 
-def _config(method: str = "poe"):
+def _config(method: str = "poe", fmt: str = "compact"):
+    # a template format writes a 30x30 grid in ~1,900 characters (mit): a longer max_len
+    longer = ["data.max_len=8192", "model.max_seq_len=8192"] if fmt in TEMPLATE_FORMATS else []
     return load_config("cpu-smoke", ["ttt.steps=2", "search.greedy=false", "search.threshold=0.1",
                                      "search.n_augmentations=3", "select.n_views=2", f"select.method={method}",
-                                     "data.n_sequences=2"])
+                                     "data.n_sequences=2", *longer])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -65,7 +67,7 @@ def test_oracle_scores_every_task_in_every_format(fmt):
     tok = build_tokenizer(fmt)
     tm = token_map_from_tokenizer(fmt, tok)
     session = oracle_session(TASKS, tm, len(as_text_tokenizer(tok).vocab()))
-    cfg = _config()
+    cfg = _config(fmt=fmt)
     solved = total = 0
     for task in TASKS:
         now = time.time()

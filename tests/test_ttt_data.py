@@ -11,12 +11,19 @@ import pytest
 import arcttt.ttt_data as ttt_data
 from arcttt.augment import D8_NAMES, Augmentation, sample_augmentations
 from arcttt.data import Pair
-from arcttt.formats import FORMATS, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
+from arcttt.formats import FORMATS, TOKEN_FORMATS, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
 from arcttt.ttt_data import DataConfig, View, max_answer_len, sequence_length_stats, training_sequences
 
 
 @pytest.fixture(scope="module", params=FORMATS)
 def tm(request):
+    return token_map_from_tokenizer(request.param, build_tokenizer(request.param))
+
+
+@pytest.fixture(scope="module", params=TOKEN_FORMATS)
+def token_tm(request):
+    """The formats of one token per cell (exact lengths and markers; the template formats' loss masks
+    and fitting are tested in tests/test_template_formats.py)."""
     return token_map_from_tokenizer(request.param, build_tokenizer(request.param))
 
 
@@ -115,7 +122,8 @@ def test_single_train_pair_is_its_own_answer(tasks, tm):
         _check_sequence(seq, task, tm, cfg)
 
 
-def test_loss_on_demo_outputs(tasks, tm):
+def test_loss_on_demo_outputs(tasks, token_tm):
+    tm = token_tm
     task = tasks[1]
     plain = training_sequences(task, tm, DataConfig(n_sequences=4))
     more = training_sequences(task, tm, DataConfig(n_sequences=4, loss_on_demo_outputs=True))
@@ -218,7 +226,8 @@ def test_prompts_under_augmentations(tasks, tm):
                 assert np.array_equal(v.aug.invert_grid(augmented.test_outputs[k]), task.test_outputs[k])
 
 
-def test_prompts_fit_max_len_with_answer_reserve(arc1_eval, tm):
+def test_prompts_fit_max_len_with_answer_reserve(arc1_eval, token_tm):
+    tm = token_tm
     task = max(arc1_eval[:60], key=lambda t: len(encode(t.train, t.test_inputs[0], tm)))
     full = len(encode(task.train, task.test_inputs[0], tm))
     augs = sample_augmentations(4, np.random.default_rng(3), n_train=len(task.train))
