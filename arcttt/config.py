@@ -182,7 +182,8 @@ def _mit() -> RunConfig:
 def _omni_arc() -> RunConfig:
     # Omni-ARC (ironbar/arc24; issue #12, shared/FIELD-NOTES.md): Qwen2.5-0.5B-Instruct + their LoRA
     # r=128, in its own format (Qwen chat, markdown prompt, ```grid shape: HxW blocks). Their TTT
-    # continues the published adapter (model.adapter=DIR, issue #12 item 2); without it a fresh LoRA.
+    # continues the published adapter: give it as --set model.adapter=DIR (its own rank, alpha and
+    # targets then win over the LoRA below, and every task's reset restores it); without it a fresh LoRA.
     return RunConfig(
         preset="omni-arc",
         # n-1 leave-one-out tasks under augmentations, loss on the answer turn only (the completion
