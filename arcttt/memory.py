@@ -22,9 +22,11 @@
   ``search.max_batch_tokens`` lets into one batch, each ``max_len`` prompt tokens plus the longest
   answer), plus the prefill's working memory (one layer's hidden, q/k/v and MLP tensors for the
   whole batch, nothing kept for backward);
-- ``select``: scoring one view: the prompt's cache, its copy and its expansion across
-  ``select.batch_size`` candidates, the prefill's working memory, the candidates' logits and one
-  candidate's fp32 log-softmax;
+- ``select``: scoring one view: the prompt's cache and its expansion across the candidates of a
+  batch (``select.batch_size``, fewer when ``select.max_cache_bytes`` says so, as
+  :func:`rows_within` decides), each with room for the longest answer, the prefill's working
+  memory, the candidates' logits and one candidate's fp32 log-softmax; the search phase also holds
+  the identity view's prompt cache, kept for the scoring (when it fits ``select.max_cache_bytes``);
 - ``overhead``: the CUDA context, cuBLAS workspaces and the allocator's fragmentation (a constant).
 
 The peak is ``weights + adapter + overhead + max(train_state + train_activations, search, select)``:
@@ -173,6 +175,17 @@ def activation_values_per_token(shape: ModelShape, lora) -> int:
     return 4 * h + 2 * shape.attn + 2 * shape.kv + 4 * i + lora.rank * len(lora.target_modules)
 
 
+def rows_within(kv_bytes_per_token: float, prompt_len: int, longest: int, vocab: int, batch_size: int,
+                max_bytes: int | None) -> int:
+    """Candidates scored at once (``select.batch_rows``): ``batch_size``, or fewer when the rows'
+    expanded caches (prompt + longest answer tokens) and their float32 logits (longest answer x
+    vocabulary) would pass ``max_bytes``; at least one."""
+    if max_bytes is None:
+        return batch_size
+    row = kv_bytes_per_token * (prompt_len + longest) + longest * vocab * 4
+    return max(1, min(batch_size, int(max_bytes // max(row, 1))))
+
+
 def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     """Peak GPU memory of one worker running ``cfg`` (a ``config.RunConfig``) on a model of ``shape``."""
     m = cfg.model
@@ -206,9 +219,12 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
         if cfg.search.batch_views else 1
     search = rows * (longest + MAX_ANSWER_TOKENS) * kv + prefill(rows * longest) + rows * shape.vocab * 4
     if cfg.select.n_views:
-        batch = cfg.select.batch_size
-        # the prompt's cache, the copy kept for later batches, the expansion across the batch
-        select = ((2 + batch) * longest * kv + prefill(longest)
+        budget = cfg.select.max_cache_bytes
+        if budget is None or longest * kv <= budget:
+            search += longest * kv  # the identity view's prompt cache, kept for the scoring
+        batch = rows_within(kv, longest, MAX_ANSWER_TOKENS, shape.vocab, cfg.select.batch_size, budget)
+        # the prompt's cache and its expansion across the batch, with room for the answers
+        select = (longest * kv + batch * (longest + MAX_ANSWER_TOKENS) * kv + prefill(longest)
                   + (batch * b + 4) * MAX_ANSWER_TOKENS * shape.vocab)  # logits; one row's fp32 log-softmax
     else:
         select = 0.0

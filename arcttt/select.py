@@ -42,6 +42,7 @@ from arcttt.augment import Augmentation
 from arcttt.data import Task
 from arcttt.formats import TokenMap, answer_ids
 from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache
+from arcttt.memory import rows_within
 from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device, positions
 
 
@@ -183,14 +184,10 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
 
 def batch_rows(prompt_cache, prompt_len: int, longest: int, vocab: int, batch_size: int,
                max_bytes: int | None) -> int:
-    """How many candidates to score at once: ``batch_size``, fewer when their expanded caches
-    (the prompt cache's bytes, measured, per token x (prompt + longest answer)) and float32 logits
-    (longest answer x vocabulary) would pass ``max_bytes``; at least one."""
-    if max_bytes is None:
-        return batch_size
-    per_token = cache_bytes(prompt_cache) / max(prompt_len, 1)
-    row = per_token * (prompt_len + longest) + longest * vocab * 4
-    return max(1, min(batch_size, int(max_bytes // max(row, 1))))
+    """How many candidates to score at once: :func:`arcttt.memory.rows_within` with the prompt
+    cache's bytes a token, measured after its prefill."""
+    return rows_within(cache_bytes(prompt_cache) / max(prompt_len, 1), prompt_len, longest, vocab, batch_size,
+                       max_bytes)
 
 
 def _expanded(cache, n: int, keep: bool):
