@@ -392,11 +392,11 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     while True:
         done = [r for r, v in enumerate(rows) if v not in reqs]
         if done:  # views that are finished leave the batch
-            keep = [r for r, v in enumerate(rows) if v in reqs]
-            if not keep:
+            staying = [r for r, v in enumerate(rows) if v in reqs]
+            if not staying:
                 break
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-            alive, rows = alive[keep], [rows[r] for r in keep]
+            cache.batch_select_indices(torch.tensor(staying, device=device))
+            alive, rows = alive[staying], [rows[r] for r in staying]
             mask = torch.tensor(alive, device=device)
         if _past(deadline):
             stats.timed_out = True
@@ -414,8 +414,8 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
         if ncols + 1 > alive.shape[1]:
             alive = np.concatenate([alive, np.zeros_like(alive)], 1)
             mask = torch.tensor(alive, device=device)
-        R = len(rows)
-        step = np.empty(2 * R, np.int64)  # tokens, positions
+        nrows = len(rows)
+        step = np.empty(2 * nrows, np.int64)  # tokens, positions
         dark_rows, dark_cols = [], []
         for r, v in enumerate(rows):
             depth, sym = reqs[v]
@@ -426,15 +426,15 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
                 dark_cols += path[depth:]
                 del path[depth:]
             path.append(ncols)
-            step[r], step[R + r] = sym_tokens[sym], lens[v] + depth
+            step[r], step[nrows + r] = sym_tokens[sym], lens[v] + depth
         alive[:, ncols] = 1
         up = torch.from_numpy(np.concatenate([step, np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
         if dark_rows:
             k = len(dark_rows)
-            mask[up[2 * R:2 * R + k], up[2 * R + k:]] = 0
+            mask[up[2 * nrows:2 * nrows + k], up[2 * nrows + k:]] = 0
         mask[:, ncols] = 1
         ncols += 1
-        out = model(input_ids=up[:R, None], attention_mask=mask[:, :ncols], position_ids=up[R:2 * R, None],
+        out = model(input_ids=up[:nrows, None], attention_mask=mask[:, :ncols], position_ids=up[nrows:2 * nrows, None],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
