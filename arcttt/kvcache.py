@@ -195,6 +195,17 @@ def new_cache(model, reserve: int | None = None) -> SlabCache | None:
     return SlabCache(RESERVE if reserve is None else reserve) if full_attention_only(model) else None
 
 
+def rows_within(kv_bytes_per_token: float, prompt_len: int, longest: int, vocab: int, batch_size: int,
+                max_bytes: int | None) -> int:
+    """Rows of an expanded cache that fit a budget (scoring's candidates at once, ``select.batch_rows``;
+    ``memory.estimate``): ``batch_size``, or fewer when the rows' caches (prompt + longest answer
+    tokens) and their float32 logits (longest answer x vocabulary) would pass ``max_bytes``; at least one."""
+    if max_bytes is None:
+        return batch_size
+    row = kv_bytes_per_token * (prompt_len + longest) + longest * vocab * 4
+    return max(1, min(batch_size, int(max_bytes // max(row, 1))))
+
+
 def cache_bytes(cache) -> int:
     """Bytes of the keys and values a cache holds at its current length (a ``Cache`` or a tuple of
     (key, value) per layer); 0 for one whose layers are not plain tensors."""

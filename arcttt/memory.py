@@ -24,9 +24,10 @@
   whole batch, nothing kept for backward);
 - ``select``: scoring one view: the prompt's cache and its expansion across the candidates of a
   batch (``select.batch_size``, fewer when ``select.max_cache_bytes`` says so, as
-  :func:`rows_within` decides), each with room for the longest answer, the prefill's working
-  memory, the candidates' logits and one candidate's fp32 log-softmax; the search phase also holds
-  the identity view's prompt cache, kept for the scoring (when it fits ``select.max_cache_bytes``);
+  :func:`arcttt.kvcache.rows_within` decides), each with room for the longest answer, the
+  prefill's working memory, the candidates' logits and one candidate's fp32 log-softmax; the
+  search phase also holds the identity view's prompt cache, kept for the scoring (when it fits
+  ``select.max_cache_bytes``);
 - ``overhead``: the CUDA context, cuBLAS workspaces and the allocator's fragmentation (a constant).
 
 The peak is ``weights + adapter + overhead + max(train_state + train_activations, search, select)``:
@@ -175,17 +176,6 @@ def activation_values_per_token(shape: ModelShape, lora) -> int:
     return 4 * h + 2 * shape.attn + 2 * shape.kv + 4 * i + lora.rank * len(lora.target_modules)
 
 
-def rows_within(kv_bytes_per_token: float, prompt_len: int, longest: int, vocab: int, batch_size: int,
-                max_bytes: int | None) -> int:
-    """Candidates scored at once (``select.batch_rows``): ``batch_size``, or fewer when the rows'
-    expanded caches (prompt + longest answer tokens) and their float32 logits (longest answer x
-    vocabulary) would pass ``max_bytes``; at least one."""
-    if max_bytes is None:
-        return batch_size
-    row = kv_bytes_per_token * (prompt_len + longest) + longest * vocab * 4
-    return max(1, min(batch_size, int(max_bytes // max(row, 1))))
-
-
 def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     """Peak GPU memory of one worker running ``cfg`` (a ``config.RunConfig``) on a model of ``shape``."""
     m = cfg.model
@@ -213,6 +203,8 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
 
     def prefill(n_tokens: int) -> float:  # one layer's working tensors, nothing kept
         return n_tokens * (2 * shape.hidden + shape.attn + 2 * shape.kv + 3 * shape.intermediate) * b
+
+    from arcttt.kvcache import rows_within
 
     kv = shape.kv_bytes_per_token(b)
     rows = min(cfg.search.n_augmentations, max(1, cfg.search.max_batch_tokens // longest)) \

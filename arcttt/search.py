@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from arcttt.augment import Augmentation
+from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
 from arcttt.formats import TokenMap, parse_answer
 from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, new_cache
@@ -590,12 +591,11 @@ def search_session(session, task: Task, test_index: int, views: Sequence[Any], c
                    deadline: float | None = None, stats: SearchStats | None = None,
                    keep: PromptCaches | None = None) -> list[Candidate]:
     """:func:`search_test_input` on a loaded ``model.ModelSession`` (switched to inference mode:
-    unsloth needs its own switch, not just ``model.eval()``). Views run in lock-step, and on the
-    preallocated cache, only on the ``hf`` backend: it is the one whose handling of masks with holes,
-    explicit positions and a cache object of ours is tested (unsloth's GPU path keeps its own)."""
+    unsloth needs its own switch, not just ``model.eval()``). Lock-step views and the preallocated
+    cache where the session's library takes them (``backends.py``: hf, not unsloth)."""
     session.eval_mode()
-    hf = getattr(session, "backend", "hf") == "hf"
-    if cfg.batch_views and not hf:
+    library = backend_of(session)
+    if cfg.batch_views and not library.lock_step:
         cfg = replace(cfg, batch_views=False)
-    return search_test_input(session.model, task, test_index, session.token_map, views, cfg,
-                             deadline=deadline, device=session.device, stats=stats, preallocate=hf, keep=keep)
+    return search_test_input(session.model, task, test_index, session.token_map, views, cfg, deadline=deadline,
+                             device=session.device, stats=stats, preallocate=library.preallocate, keep=keep)

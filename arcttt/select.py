@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from arcttt.augment import Augmentation
+from arcttt.backends import backend_of
 from arcttt.data import Task
 from arcttt.formats import TokenMap, answer_ids
-from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache
-from arcttt.memory import rows_within
+from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache, rows_within
 from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device, positions
 
 
@@ -184,7 +184,7 @@ def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequenc
 
 def batch_rows(prompt_cache, prompt_len: int, longest: int, vocab: int, batch_size: int,
                max_bytes: int | None) -> int:
-    """How many candidates to score at once: :func:`arcttt.memory.rows_within` with the prompt
+    """How many candidates to score at once: :func:`arcttt.kvcache.rows_within` with the prompt
     cache's bytes a token, measured after its prefill."""
     return rows_within(cache_bytes(prompt_cache) / max(prompt_len, 1), prompt_len, longest, vocab, batch_size,
                        max_bytes)
@@ -288,9 +288,9 @@ def choose_attempts(scored: Sequence[ScoredCandidate], default: np.ndarray | lis
 def score_session(session, task: Task, test_index: int, candidates: Sequence[Candidate], views: Sequence[Any],
                   cfg: SelectConfig, deadline: float | None = None,
                   prompt_caches: PromptCaches | None = None) -> list[ScoredCandidate]:
-    """:func:`score_candidates` on a loaded ``model.ModelSession`` (switched to inference mode). The
-    preallocated cache on the ``hf`` backend only (unsloth's GPU path keeps caches of its own)."""
+    """:func:`score_candidates` on a loaded ``model.ModelSession`` (switched to inference mode), on
+    the preallocated cache where the session's library takes it (``backends.py``)."""
     session.eval_mode()
     return score_candidates(session.model, task, test_index, candidates, views, session.token_map, cfg,
                             deadline=deadline, device=session.device, prompt_caches=prompt_caches,
-                            preallocate=getattr(session, "backend", "hf") == "hf")
+                            preallocate=backend_of(session).preallocate)

@@ -188,3 +188,39 @@ def test_a_small_memory_budget_splits_the_batch_and_gives_the_same_scores(small_
     one = answer_logprobs(model, prompt, answers, batch_size=8, max_cache_bytes=1)  # never fewer than one
     assert model.cached == 3 + 4
     np.testing.assert_allclose(one, whole, atol=1e-5)
+
+
+class Recording(torch.nn.Module):
+    """Records each prefill's cache (what it was given) and its rows."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.prefills = inner, []
+
+    def forward(self, **kw):
+        past = kw.get("past_key_values")
+        if past is None or past.get_seq_length() == 0:
+            self.prefills.append((past, kw["input_ids"].shape[0]))
+        return self.inner(**kw)
+
+
+@pytest.mark.parametrize("library, ours, lock_step", [("hf", True, True), ("unsloth", False, False)])
+def test_each_library_gets_its_cache_and_layout(small_task, library, ours, lock_step):
+    """backends.py: on hf the views run in lock-step on our cache; on unsloth one by one on its own."""
+    from types import SimpleNamespace
+
+    from arcttt.search import Candidate, SearchConfig, search_session
+    from arcttt.select import SelectConfig, score_session
+
+    model = Recording(tiny_llama())
+    session = SimpleNamespace(backend=library, model=model, token_map=TM, device=torch.device("cpu"),
+                              eval_mode=lambda: None)
+    views = [(a, p) for a, p in zip((Augmentation(), Augmentation("rot90"), Augmentation("flipH", order=(1, 0))),
+                                    prompts_of(small_task))]
+    search_session(session, small_task, 0, views, SearchConfig(n_augmentations=3, threshold=0.3))
+    assert [rows for _, rows in model.prefills] == ([3] if lock_step else [1, 1, 1])
+    assert all(isinstance(past, SlabCache) == ours for past, _ in model.prefills)
+    model.prefills.clear()
+    cands = [Candidate(small_task.train[0].output, [("id", -1.0)])]
+    score_session(session, small_task, 0, cands, views, SelectConfig(n_views=2))
+    assert len(model.prefills) == 2 and all(isinstance(past, SlabCache) == ours for past, _ in model.prefills)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from arcttt.config import load_config
-from arcttt.memory import (GIB, NF4_BYTES, OVERHEAD_BYTES, QWEN3_4B, ModelShape, estimate, memory_report,
-                           rows_within)
+from arcttt.kvcache import rows_within
+from arcttt.memory import GIB, NF4_BYTES, OVERHEAD_BYTES, QWEN3_4B, ModelShape, estimate, memory_report
 
 # layers 2, hidden 8, 2 heads x 4 (attn 8), 1 kv head (kv 4), MLP 16, vocabulary 10, untied head
 SHAPE = ModelShape(layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=10, tied=False)
