@@ -21,6 +21,7 @@ views, the identity among both), searched and scored as ``pipeline._answer_test_
 and without :class:`arcttt.kvcache.PromptCaches`: model calls, prefills and prompt tokens prefilled.
 
     OMP_NUM_THREADS=1 python bench/kv_cache.py --prompt 4096 --views 8 --new 32
+    python bench/kv_cache.py --model DIR --dtype bf16 --prompt 4096 --views 8 --repeat 1 --out k.json  # GPU
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Counting(torch.nn.Module):
             return self.inner(**kw)
         t0 = time.perf_counter()
         out = self.inner(**kw)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the prefill's kernels, not the next step's download, pay for it
         self.prefills += 1
         self.prefill_tokens += int(kw["input_ids"].numel())
         self.prefill_s += time.perf_counter() - t0
@@ -161,17 +164,22 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--model", type=Path, help="a prepared model directory (e.g. gpu_check.sh's Qwen3-4B shape) "
+                    "instead of a random one of --hidden/--layers/--heads")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="fp32", help="with --model")
     ap.add_argument("--out", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(Path(tmp) / "m", hidden=args.hidden, layers=args.layers, heads=args.heads,
-                               intermediate=2 * args.hidden)
-        session = load_model(path, ModelConfig(backend="hf", dtype="fp32", lora=LoraConfig(rank=8, alpha=16)))
+        path = args.model or make_tiny_model(Path(tmp) / "m", hidden=args.hidden, layers=args.layers, heads=args.heads,
+                                             intermediate=2 * args.hidden)
+        session = load_model(path, ModelConfig(backend="hf", dtype=args.dtype if args.model else "fp32",
+                                               lora=LoraConfig(rank=8, alpha=16)))
         session.eval_mode()
-        out = {"device": f"cpu x{torch.get_num_threads()}", "args": {k: str(v) for k, v in vars(args).items()}}
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+        out = {"device": device, "args": {k: str(v) for k, v in vars(args).items()}}
         if "decode" in args.parts:
             out["decode"] = decode_rows(session, args.prompt, args.views, args.new, args.dfs_seconds, args.repeat)
         if "forwards" in args.parts:
