@@ -124,13 +124,16 @@ class SlabLayer(DynamicLayer):
         return out
 
     def copy_of(self, row: int, start: int, stop: int, room: int) -> "SlabLayer":
-        """A new batch-of-one layer holding a copy of positions ``start:stop`` of ``row``."""
+        """A new batch-of-one layer holding a copy of positions ``start:stop`` of ``row``, with
+        exactly ``room`` free positions after them."""
         out = SlabLayer(self.reserve)
         out.lazy_initialization(self.keys, self.values)
-        out._make_room(stop - start + room, self.keys[row:row + 1], self.values[row:row + 1])
-        out.key_buf[..., :stop - start, :].copy_(self.keys[row:row + 1, :, start:stop])
-        out.value_buf[..., :stop - start, :].copy_(self.values[row:row + 1, :, start:stop])
-        out._set_length(stop - start)
+        n = stop - start
+        out.key_buf, out.value_buf = (src.new_empty(1, src.shape[1], n + room, src.shape[-1])
+                                      for src in (self.keys, self.values))
+        out.key_buf[..., :n, :].copy_(self.keys[row:row + 1, :, start:stop])
+        out.value_buf[..., :n, :].copy_(self.values[row:row + 1, :, start:stop])
+        out._set_length(n)
         return out
 
 

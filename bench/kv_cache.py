@@ -104,9 +104,9 @@ def decode_rows(session, prompt_len: int, n_views: int, new: int, dfs_seconds: f
             t0 = time.perf_counter()
             search_prompts(model, prompts, tm, threshold=1e-9, batch=batch, preallocate=pre, stats=stats,
                            deadline=time.time() + best["prefill_s"] + dfs_seconds)
-            decode = time.perf_counter() - t0 - model.prefill_s
+            decode, steps = time.perf_counter() - t0 - model.prefill_s, model.calls - model.prefills
             rows.append({"search": f"dfs {layout}", "cache": cache, "decode_s": decode, "tokens": stats.tokens_fed,
-                         "steps": model.calls - model.prefills, "ms_per_step": 1e3 * decode / (model.calls - model.prefills),
+                         "steps": steps, "ms_per_step": 1e3 * decode / steps,
                          "ms_per_token": 1e3 * decode / stats.tokens_fed})
             print(json.dumps(rows[-2]), "\n", json.dumps(rows[-1]), flush=True)
     return rows
@@ -139,7 +139,8 @@ def forward_rows(session) -> list[dict]:
         scored = score_candidates(model, task, 0, cands, score_views, tm, cfg.select, prompt_caches=keep)
         rows.append({"task": task.id, "shared": share, "candidates": len(cands),
                      "search_calls": after_search[0], "search_prefills": after_search[1],
-                     "scoring_calls": model.calls - after_search[0], "scoring_prefills": model.prefills - after_search[1],
+                     "scoring_calls": model.calls - after_search[0],
+                     "scoring_prefills": model.prefills - after_search[1],
                      "prefill_tokens": model.prefill_tokens, "reused": keep.reused if keep else 0,
                      "scores": [round(s.score, 4) for s in scored]})
         print(json.dumps(rows[-1]), flush=True)
