@@ -22,9 +22,12 @@
   ``search.max_batch_tokens`` lets into one batch, each ``max_len`` prompt tokens plus the longest
   answer), plus the prefill's working memory (one layer's hidden, q/k/v and MLP tensors for the
   whole batch, nothing kept for backward);
-- ``select``: scoring one view: the prompt's cache, its copy and its expansion across
-  ``select.batch_size`` candidates, the prefill's working memory, the candidates' logits and one
-  candidate's fp32 log-softmax;
+- ``select``: scoring one view: the prompt's cache and its expansion across the candidates of a
+  batch (``select.batch_size``, fewer when ``select.max_cache_bytes`` says so, as
+  :func:`arcttt.kvcache.rows_within` decides), each with room for the longest answer, the
+  prefill's working memory, the candidates' logits and one candidate's fp32 log-softmax; the
+  search phase also holds the identity view's prompt cache, kept for the scoring (when it fits
+  ``select.max_cache_bytes``);
 - ``overhead``: the CUDA context, cuBLAS workspaces and the allocator's fragmentation (a constant).
 
 The peak is ``weights + adapter + overhead + max(train_state + train_activations, search, select)``:
@@ -201,14 +204,19 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     def prefill(n_tokens: int) -> float:  # one layer's working tensors, nothing kept
         return n_tokens * (2 * shape.hidden + shape.attn + 2 * shape.kv + 3 * shape.intermediate) * b
 
+    from arcttt.kvcache import rows_within
+
     kv = shape.kv_bytes_per_token(b)
     rows = min(cfg.search.n_augmentations, max(1, cfg.search.max_batch_tokens // longest)) \
         if cfg.search.batch_views else 1
     search = rows * (longest + MAX_ANSWER_TOKENS) * kv + prefill(rows * longest) + rows * shape.vocab * 4
     if cfg.select.n_views:
-        batch = cfg.select.batch_size
-        # the prompt's cache, the copy kept for later batches, the expansion across the batch
-        select = ((2 + batch) * longest * kv + prefill(longest)
+        budget = cfg.select.max_cache_bytes
+        if budget is None or longest * kv <= budget:
+            search += longest * kv  # the identity view's prompt cache, kept for the scoring
+        batch = rows_within(kv, longest, MAX_ANSWER_TOKENS, shape.vocab, cfg.select.batch_size, budget)
+        # the prompt's cache and its expansion across the batch, with room for the answers
+        select = (longest * kv + batch * (longest + MAX_ANSWER_TOKENS) * kv + prefill(longest)
                   + (batch * b + 4) * MAX_ANSWER_TOKENS * shape.vocab)  # logits; one row's fp32 log-softmax
     else:
         select = 0.0

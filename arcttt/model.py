@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 
 from arcttt import formats
+from arcttt.backends import backend_of
 from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
 
 # All linear layers of a Llama/Qwen/Mistral decoder block.
@@ -183,19 +184,11 @@ class ModelSession:
         self.eval_mode()
 
     def train_mode(self) -> None:
-        if self.backend == "unsloth":
-            from unsloth import FastLanguageModel  # already imported by the load
-
-            # unsloth also switches its kv-cache default and inference kernels
-            FastLanguageModel.for_training(self.model)
-        self.model.train()
+        """The library's own switch (``backends.py``: unsloth's also switches its kernels)."""
+        backend_of(self).train_mode(self.model)
 
     def eval_mode(self) -> None:
-        if self.backend == "unsloth":
-            from unsloth import FastLanguageModel
-
-            FastLanguageModel.for_inference(self.model)
-        self.model.eval()
+        backend_of(self).eval_mode(self.model)
 
     def train_flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs of one trained token in a sequence of ``seq_len``: 6N + 12·L·(heads·head size)·n,

@@ -145,6 +145,7 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
     """Search, score and choose the two attempts for test input ``i``."""
     import torch
 
+    from arcttt.kvcache import PromptCaches
     from arcttt.search import SearchStats, search_session, view_augmentations
     from arcttt.select import choose_attempts, score_session
     from arcttt.ttt_data import test_prompts
@@ -152,19 +153,23 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
     tm = session.token_map
     stats = SearchStats()
     with phase("search"):
+        augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
+                                  seed=cfg.select.seed)
+        score_views = test_prompts(task, i, tm, augs, cfg.data.max_len)
+        # the search keeps the prompt caches of the scoring's prompts it prefills (the identity view's)
+        keep = PromptCaches([v.prompt for v in score_views[:cfg.select.n_views]], cfg.select.max_cache_bytes)
         augs = view_augmentations(task, i, cfg.search.n_augmentations, keep_background=cfg.search.keep_background,
                                   seed=cfg.search.seed)
         views = test_prompts(task, i, tm, augs, cfg.data.max_len)
-        candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats)
+        candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats, keep=keep)
     select_error = None
     with phase("select"):
-        augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
-                                  seed=cfg.select.seed)
-        views = test_prompts(task, i, tm, augs, cfg.data.max_len)
         try:
-            scored = score_session(session, task, i, candidates, views, cfg.select, deadline=select_end)
+            scored = score_session(session, task, i, candidates, score_views, cfg.select, deadline=select_end,
+                                   prompt_caches=keep)
         except torch.OutOfMemoryError as e:
             # the search's candidates survive: ranked by their hits and search logprob, no views scored
+            keep.clear()
             torch.cuda.empty_cache()
             select_error = f"out of memory in scoring: {_first_line(e)}"
             log.warning("task %s test %d: %s; ranking by the search alone", task.id, i, select_error)

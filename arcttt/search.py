@@ -23,15 +23,20 @@ How the search reads the model:
   Greedy decoding is the degenerate case "one child per node, no threshold" (:func:`greedy`).
 
 Cache reuse. One view (:func:`dfs`): the prompt is run once; each step feeds one token with the
-cached past; backtracking crops the ``DynamicCache`` back to the branch point (``crop`` with a
-negative count, which removes that many positions; it slices, and the next update concatenates into
-new tensors, so nothing shared is overwritten). Several views at once (``batch_views``): the views
+cached past; backtracking crops the cache back to the branch point (``crop`` with a negative count,
+which removes that many positions). The prefill is given a preallocated
+:class:`arcttt.kvcache.SlabCache` where the model takes one: a token is written in place and a crop
+only moves the length (a ``DynamicCache``, the model's own otherwise, copies its whole tensors at
+every token). Several views at once (``batch_views``): the views
 run in lock-step, one token per view per forward, in one batched cache. Views' prompts are
 left-padded; since the views' searches are at different depths, a step's token always goes in a new
 cache column, and each row's attention mask lets it see only its prompt and the columns of its own
 current path (explicit position ids keep positions right). Columns nobody can see any more are
 dropped from time to time, and a view that is done leaves the batch. This needs a cache of plain
-(non-sliding) ``DynamicLayer``s; otherwise the views run one after another.
+(non-sliding) ``DynamicLayer``s or ``SlabLayer``s; otherwise the views run one after another.
+A step costs one upload (tokens, positions, the mask's changes) and one download (the symbols'
+log-probabilities, which choose the next branch). The prompt caches the scoring will need again
+(the identity view's) can be kept (``keep``: :class:`arcttt.kvcache.PromptCaches`).
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ import numpy as np
 import torch
 
 from arcttt.augment import Augmentation
+from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
 from arcttt.formats import TemplateMap, TokenMap, parse_answer
+from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, new_cache
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
@@ -324,15 +331,19 @@ def _crop_to(cache, length: int):
 
 
 def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[torch.Tensor],
-                opts: dict, deadline: float | None, stats: SearchStats) -> list[tuple[list[int], float]]:
+                opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
+                keep: PromptCaches | None = None) -> list[tuple[list[int], float]]:
+    """One view's search; ``cache``: an empty cache for the prefill (None: the model's own)."""
     device = symbol_ids.device
     ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
-    out = model(input_ids=ids, position_ids=positions(0, ids.shape[1], device), use_cache=True,
-                **last_logits_kwargs(model))
+    out = model(input_ids=ids, position_ids=positions(0, ids.shape[1], device), past_key_values=cache,
+                use_cache=True, **last_logits_kwargs(model))
     stats.forwards += 1
     cache, plen = out.past_key_values, ids.shape[1]
+    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt):
+        keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -1])
     found: list[tuple[list[int], float]] = []
     gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
     req = next(gen, None)
@@ -359,19 +370,29 @@ def _batchable(cache) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, SlabLayer) for layer in layers)
 
 
 def _drop_columns(cache, keep: torch.Tensor) -> None:
+    if isinstance(cache, SlabCache):
+        cache.keep_columns(keep)  # moved to the front of its buffers
+        return
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(-2, keep)
         layer.values = layer.values.index_select(-2, keep)
 
 
 def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
-                  opts: dict, deadline: float | None, stats: SearchStats) -> list[list[tuple[list[int], float]]] | None:
+                  opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
+                  keep: PromptCaches | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
-    this way (the caller then runs the views one by one)."""
+    this way (the caller then runs the views one by one).
+
+    The attention mask lives twice: ``alive`` on the host (the bookkeeping: which columns each row
+    sees) and ``mask`` on the device, updated in place from one small upload a step (the step's
+    tokens, positions and the columns that went dark); it is uploaded whole only when columns are
+    dropped or rows leave. A step then costs one upload and one download (the symbols'
+    log-probabilities, which choose the next branch)."""
     device = symbol_ids.device
     n, lens = len(prompts), [len(p) for p in prompts]
     width = max(lens)
@@ -382,12 +403,18 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
         alive[r, width - len(p):width] = 1
     pos = np.clip(np.cumsum(alive[:, :width], 1) - 1, 0, None)
     out = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(alive[:, :width]).to(device),
-                position_ids=torch.from_numpy(pos).to(device), use_cache=True, **last_logits_kwargs(model))
+                position_ids=torch.from_numpy(pos).to(device), past_key_values=cache, use_cache=True,
+                **last_logits_kwargs(model))
     stats.forwards += 1
     cache = out.past_key_values
     if not _batchable(cache):
         return None
+    if keep is not None and isinstance(cache, SlabCache):
+        for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding
+            if keep.wants(p):
+                keep.put(p, cache.copy_of(r, width - len(p), width), out.logits[r, -1])
     root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
+    mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)
     found: list[list] = [[] for _ in range(n)]
     gens, reqs, paths = {}, {}, {}
     for v in range(n):
@@ -400,11 +427,12 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     while True:
         done = [r for r, v in enumerate(rows) if v not in reqs]
         if done:  # views that are finished leave the batch
-            keep = [r for r, v in enumerate(rows) if v in reqs]
-            if not keep:
+            staying = [r for r, v in enumerate(rows) if v in reqs]
+            if not staying:
                 break
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-            alive, rows = alive[keep], [rows[r] for r in keep]
+            cache.batch_select_indices(torch.tensor(staying, device=device))
+            alive, rows = alive[staying], [rows[r] for r in staying]
+            mask = torch.tensor(alive, device=device)
         if _past(deadline):
             stats.timed_out = True
             break
@@ -417,21 +445,31 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
                 paths[v] = [int(new_index[c]) for c in paths[v]]
             alive = np.concatenate([alive[:, kept], np.zeros((len(rows), alive.shape[1] - ncols), np.int64)], 1)
             ncols = len(kept)
+            mask = torch.tensor(alive, device=device)
         if ncols + 1 > alive.shape[1]:
             alive = np.concatenate([alive, np.zeros_like(alive)], 1)
-        tokens, positions = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+            mask = torch.tensor(alive, device=device)
+        nrows = len(rows)
+        step = np.empty(2 * nrows, np.int64)  # tokens, positions
+        dark_rows, dark_cols = [], []
         for r, v in enumerate(rows):
             depth, sym = reqs[v]
             path = paths[v]
-            alive[r, path[depth:]] = 0  # backtrack: the abandoned branch's columns go dark
-            del path[depth:]
+            if len(path) > depth:  # backtrack: the abandoned branch's columns go dark
+                alive[r, path[depth:]] = 0
+                dark_rows += [r] * (len(path) - depth)
+                dark_cols += path[depth:]
+                del path[depth:]
             path.append(ncols)
-            tokens[r], positions[r] = sym_tokens[sym], lens[v] + depth
+            step[r], step[nrows + r] = sym_tokens[sym], lens[v] + depth
         alive[:, ncols] = 1
+        up = torch.from_numpy(np.concatenate([step, np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
+        if dark_rows:
+            k = len(dark_rows)
+            mask[up[2 * nrows:2 * nrows + k], up[2 * nrows + k:]] = 0
+        mask[:, ncols] = 1
         ncols += 1
-        out = model(input_ids=torch.from_numpy(tokens[:, None]).to(device),
-                    attention_mask=torch.from_numpy(alive[:, :ncols]).to(device),
-                    position_ids=torch.from_numpy(positions[:, None]).to(device),
+        out = model(input_ids=up[:nrows, None], attention_mask=mask[:, :ncols], position_ids=up[nrows:2 * nrows, None],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
@@ -451,10 +489,15 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                    threshold: float, greedy: bool = False, max_new_tokens: int | None = None, renormalize: bool = False,
                    grammar: bool = True, batch: bool = True, max_batch_tokens: int = 32768,
                    deadline: float | None = None, device: torch.device | str | None = None,
-                   stats: SearchStats | None = None) -> list[list[Completion]]:
+                   stats: SearchStats | None = None, preallocate: bool = True,
+                   keep: PromptCaches | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
     most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
-    ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`)."""
+    ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`).
+
+    ``preallocate``: give the prefills a :class:`arcttt.kvcache.SlabCache` (appends in place, crops
+    move a length) where the model takes one; False: the model's own cache (``DynamicCache``).
+    ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring)."""
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
@@ -478,9 +521,11 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
             try:
                 if len(group) > 1:
                     got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
-                                        np.asarray(answer_ids), opts, deadline, stats)
+                                        np.asarray(answer_ids), opts, deadline, stats,
+                                        new_cache(model) if preallocate else None, keep)
                 if got is None:
-                    got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats) for i in group]
+                    got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats,
+                                       new_cache(model) if preallocate else None, keep) for i in group]
             except torch.OutOfMemoryError:
                 stats.oom = True  # what the earlier groups found stands; the caller sees the flag
                 if torch.cuda.is_available():
@@ -557,19 +602,22 @@ def checked_views(task: Task, test_index: int, views: Sequence[Any], tm: TokenMa
 
 def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: TokenMap | TemplateMap, views: Sequence[Any],
                       cfg: SearchConfig, deadline: float | None = None, device: torch.device | str | None = None,
-                      stats: SearchStats | None = None) -> list[Candidate]:
+                      stats: SearchStats | None = None, preallocate: bool = True,
+                      keep: PromptCaches | None = None) -> list[Candidate]:
     """Search every view of test input ``test_index``, parse each completion, map it back to the
     task's frame and merge equal grids. Candidates come most-found first, then most likely.
 
     A template format can spell one answer in several tokenizations: a view's completions of one
-    grid count as one find, with the sum of their probabilities (the probability of the text)."""
+    grid count as one find, with the sum of their probabilities (the probability of the text).
+
+    ``preallocate``, ``keep``: see :func:`search_prompts`."""
     pairs = checked_views(task, test_index, views, tm)
     if cfg.time_limit_s is not None:
         cap = time.time() + cfg.time_limit_s
         deadline = cap if deadline is None else min(deadline, cap)
     results = search_prompts(model, [p for _, p in pairs], tm, threshold=cfg.threshold, greedy=cfg.greedy,
                              renormalize=cfg.renormalize, batch=cfg.batch_views, max_batch_tokens=cfg.max_batch_tokens,
-                             deadline=deadline, device=device, stats=stats)
+                             deadline=deadline, device=device, stats=stats, preallocate=preallocate, keep=keep)
     merged: dict[tuple, Candidate] = {}
     for (aug, _), comps in zip(pairs, results):
         view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids (in insertion order: most likely first)
@@ -586,12 +634,14 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
 
 
 def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
-                   deadline: float | None = None, stats: SearchStats | None = None) -> list[Candidate]:
+                   deadline: float | None = None, stats: SearchStats | None = None,
+                   keep: PromptCaches | None = None) -> list[Candidate]:
     """:func:`search_test_input` on a loaded ``model.ModelSession`` (switched to inference mode:
-    unsloth needs its own switch, not just ``model.eval()``). Views run in lock-step only on the
-    ``hf`` backend: it is the one whose handling of masks with holes and explicit positions is tested."""
+    unsloth needs its own switch, not just ``model.eval()``). Lock-step views and the preallocated
+    cache where the session's library takes them (``backends.py``: hf, not unsloth)."""
     session.eval_mode()
-    if cfg.batch_views and getattr(session, "backend", "hf") != "hf":
+    library = backend_of(session)
+    if cfg.batch_views and not library.lock_step:
         cfg = replace(cfg, batch_views=False)
-    return search_test_input(session.model, task, test_index, session.token_map, views, cfg,
-                             deadline=deadline, device=session.device, stats=stats)
+    return search_test_input(session.model, task, test_index, session.token_map, views, cfg, deadline=deadline,
+                             device=session.device, stats=stats, preallocate=library.preallocate, keep=keep)

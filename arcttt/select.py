@@ -9,8 +9,9 @@ views' log-likelihoods are summed -- a product of experts, each view one expert 
 
     score(c) = sum_v log p(answer_v(c) | prompt_v) + hits_weight * log(hits(c))
 
-Per view, the prompt is run once and its key/value cache is expanded across a batch of candidates,
-which continue from it (only the answers are computed per candidate). Views are scored whole, in
+Per view, the prompt is run once (or not at all, when the search kept its cache) and its key/value
+cache is expanded across a batch of candidates, which continue from it (only the answers are
+computed per candidate); the batch is capped by ``max_cache_bytes``. Views are scored whole, in
 turn, so at every moment all candidates have been scored on the same views; if the deadline passes,
 the ranking uses the views scored so far, or, with none, the search's own logprob in place of the
 sum (``score = search_logprob + hits_weight * log(hits)``).
@@ -38,8 +39,10 @@ import numpy as np
 import torch
 
 from arcttt.augment import Augmentation
+from arcttt.backends import backend_of
 from arcttt.data import Task
 from arcttt.formats import TokenMap, answer_ids
+from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache, rows_within
 from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device, positions
 
 
@@ -58,6 +61,10 @@ class SelectConfig:
     """Colour permutations of the scoring views keep colour 0 in place."""
     batch_size: int = 8
     """Candidates scored together on one view (lower it for big vocabularies: logits are batch x answer x vocab)."""
+    max_cache_bytes: int | None = 4 * 2**30
+    """Memory for scoring's key/value caches: fewer than ``batch_size`` candidates are scored at once
+    when their caches (the prompt's, measured after its prefill, plus the answer) and logits would
+    pass it; the prompt caches the search keeps for scoring stay under it too. None: no cap."""
     vote_top_k: int = 3
     """Voting: how many candidates of each augmentation group get a vote."""
     keep_candidates: int = 8
@@ -73,6 +80,8 @@ class SelectConfig:
             errors.append(f"n_views must be >= 0, got {self.n_views}")
         if self.batch_size < 1:
             errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_cache_bytes is not None and self.max_cache_bytes < 1:
+            errors.append(f"max_cache_bytes must be >= 1 or None, got {self.max_cache_bytes}")
         if self.vote_top_k < 1:
             errors.append(f"vote_top_k must be >= 1, got {self.vote_top_k}")
         if self.keep_candidates < 0:
@@ -108,44 +117,77 @@ class ScoredCandidate:
 
 def answer_logprobs(model: torch.nn.Module, prompt: np.ndarray, answers: Sequence[np.ndarray], *,
                     batch_size: int = 8, deadline: float | None = None,
-                    device: torch.device | str | None = None) -> np.ndarray | None:
+                    device: torch.device | str | None = None, max_cache_bytes: int | None = None,
+                    prefilled: tuple[Any, torch.Tensor] | None = None,
+                    preallocate: bool = True) -> np.ndarray | None:
     """log p(answer | prompt) of each answer (token ids), teacher-forced: the prompt is run once and
-    its cache expanded across each batch of answers. None if the deadline passes first."""
+    its cache expanded across each batch of answers. None if the deadline passes first.
+
+    ``prefilled``: the prompt's (cache, last position's logits) from an earlier prefill (the
+    search's, through :class:`arcttt.kvcache.PromptCaches`): no prefill then. ``max_cache_bytes``
+    caps the candidates of one batch (:func:`batch_rows`). ``preallocate``: the prompt's cache is a
+    :class:`arcttt.kvcache.SlabCache`, expanded once per call with room for the longest answer and
+    reused by every batch (else the model's own cache, copied and expanded per batch). The
+    log-probabilities stay on the device until a batch is done: one download a batch."""
     device = torch.device(device) if device is not None else model_device(model)
+    answers = [np.asarray(a, dtype=np.int64) for a in answers]
     out_lp = np.zeros(len(answers))
+    if not answers:
+        return out_lp
     with inference(model):
-        ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
-        plen = ids.shape[1]
-        out = model(input_ids=ids, position_ids=positions(0, plen, device), use_cache=True, **last_logits_kwargs(model))
-        first = torch.log_softmax(out.logits[0, -1].float(), -1)
-        prompt_cache = out.past_key_values
-        starts = range(0, len(answers), batch_size)
-        for s in starts:
+        plen = len(prompt)
+        if prefilled is None:
+            ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
+            out = model(input_ids=ids, position_ids=positions(0, plen, device), use_cache=True,
+                        past_key_values=new_cache(model) if preallocate else None, **last_logits_kwargs(model))
+            prompt_cache, last = out.past_key_values, out.logits[0, -1]
+        else:
+            prompt_cache, last = prefilled
+        first = torch.log_softmax(last.float(), -1)
+        firsts = torch.tensor([int(a[0]) for a in answers], device=device)
+        first_scores = first[firsts].double().cpu().numpy()
+        longest = max(len(a) for a in answers)
+        rows = batch_rows(prompt_cache, plen, longest, first.shape[-1], batch_size, max_cache_bytes)
+        slab = isinstance(prompt_cache, SlabCache) and longest > 1
+        expanded = prompt_cache.expanded(min(rows, len(answers)), longest - 1) if slab else None
+        for s in range(0, len(answers), rows):
             if deadline is not None and time.time() >= deadline:
                 return None
-            batch = [np.asarray(a, dtype=np.int64) for a in answers[s:s + batch_size]]
-            lens = [len(a) for a in batch]
-            scores = first[[int(a[0]) for a in batch]].double().cpu().numpy()
-            longest = max(lens)
-            if longest > 1:
+            batch = answers[s:s + rows]
+            scores = first_scores[s:s + len(batch)].copy()
+            feed = max(len(a) for a in batch) - 1
+            if feed > 0:
                 # every answer but its last token is fed, right-padded: causal attention means the
                 # padding (after an answer's end) never reaches the positions that are read
-                inp = np.zeros((len(batch), longest - 1), dtype=np.int64)
+                inp = np.zeros((len(batch), feed), dtype=np.int64)
                 for r, a in enumerate(batch):
                     inp[r, :len(a) - 1] = a[:-1]
-                cache = _expanded(prompt_cache, len(batch), keep=s + batch_size < len(answers))
+                if slab:  # fresh layer objects at the prompt's length over the expanded buffers
+                    cache = expanded.first_rows(len(batch))
+                else:
+                    cache = _expanded(prompt_cache, len(batch), keep=s + rows < len(answers))
                 # the answers continue the prompt: explicit positions after it (a multi-token call on a
                 # cache must not be taken for a fresh sequence, nor for unsloth's one-token decode)
                 logits = model(input_ids=torch.from_numpy(inp).to(device), past_key_values=cache,
-                               position_ids=positions(plen, longest - 1, device, len(batch)), use_cache=True).logits
+                               position_ids=positions(plen, feed, device, len(batch)), use_cache=True).logits
+                totals = torch.zeros(len(batch), dtype=torch.float64, device=device)
                 for r, a in enumerate(batch):  # row by row: one row's float32 log-softmax at a time
                     n = len(a) - 1
                     if n:
                         lp = torch.log_softmax(logits[r, :n].float(), -1)
                         tgt = torch.from_numpy(a[1:]).to(device)
-                        scores[r] += float(lp.gather(-1, tgt[:, None]).sum())
+                        totals[r] = lp.gather(-1, tgt[:, None]).sum()
+                scores += totals.cpu().numpy()
             out_lp[s:s + len(batch)] = scores
     return out_lp
+
+
+def batch_rows(prompt_cache, prompt_len: int, longest: int, vocab: int, batch_size: int,
+               max_bytes: int | None) -> int:
+    """How many candidates to score at once: :func:`arcttt.kvcache.rows_within` with the prompt
+    cache's bytes a token, measured after its prefill."""
+    return rows_within(cache_bytes(prompt_cache) / max(prompt_len, 1), prompt_len, longest, vocab, batch_size,
+                       max_bytes)
 
 
 def _expanded(cache, n: int, keep: bool):
@@ -161,10 +203,11 @@ def _expanded(cache, n: int, keep: bool):
 
 def score_candidates(model: torch.nn.Module, task: Task, test_index: int, candidates: Sequence[Candidate],
                      views: Sequence[Any], tm: TokenMap, cfg: SelectConfig, deadline: float | None = None,
-                     device: torch.device | str | None = None) -> list[ScoredCandidate]:
+                     device: torch.device | str | None = None, prompt_caches: PromptCaches | None = None,
+                     preallocate: bool = True) -> list[ScoredCandidate]:
     """Score and rank the candidates of one test input (best first); see the module doc.
     ``views``: ``ttt_data.View``s or (augmentation, prompt ids) pairs; the first ``cfg.n_views``
-    are used."""
+    are used. ``prompt_caches``: prompt caches the search kept (their prefill is skipped)."""
     pairs = checked_views(task, test_index, views, tm)[:cfg.n_views]
     cands = list(candidates)
     if not cands:
@@ -175,7 +218,9 @@ def score_candidates(model: torch.nn.Module, task: Task, test_index: int, candid
         if deadline is not None and time.time() >= deadline:
             break
         answers = [answer_ids(aug.grid(c.grid), tm) for c in cands]
-        got = answer_logprobs(model, prompt, answers, batch_size=cfg.batch_size, deadline=deadline, device=device)
+        got = answer_logprobs(model, prompt, answers, batch_size=cfg.batch_size, deadline=deadline, device=device,
+                              max_cache_bytes=cfg.max_cache_bytes, preallocate=preallocate,
+                              prefilled=prompt_caches.take(prompt) if prompt_caches is not None else None)
         if got is None:
             break  # a view scored in part is dropped, so that all candidates stay comparable
         per_view.append(got)
@@ -241,8 +286,11 @@ def choose_attempts(scored: Sequence[ScoredCandidate], default: np.ndarray | lis
 
 
 def score_session(session, task: Task, test_index: int, candidates: Sequence[Candidate], views: Sequence[Any],
-                  cfg: SelectConfig, deadline: float | None = None) -> list[ScoredCandidate]:
-    """:func:`score_candidates` on a loaded ``model.ModelSession`` (switched to inference mode)."""
+                  cfg: SelectConfig, deadline: float | None = None,
+                  prompt_caches: PromptCaches | None = None) -> list[ScoredCandidate]:
+    """:func:`score_candidates` on a loaded ``model.ModelSession`` (switched to inference mode), on
+    the preallocated cache where the session's library takes it (``backends.py``)."""
     session.eval_mode()
     return score_candidates(session.model, task, test_index, candidates, views, session.token_map, cfg,
-                            deadline=deadline, device=session.device)
+                            deadline=deadline, device=session.device, prompt_caches=prompt_caches,
+                            preallocate=backend_of(session).preallocate)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from arcttt.backends import backend_of
 from arcttt.formats import Encoded
 from arcttt.model import ModelSession
 from arcttt.records import TTTResult  # noqa: F401 - the record type train_task returns
@@ -260,7 +261,8 @@ def train_task(session: ModelSession, sequences: list[Encoded], cfg: TTTConfig |
         return result
     torch.manual_seed(cfg.seed)
     budget, max_len = cfg.batch_tokens, max(len(s) for s in usable)
-    checkpointing = cfg.grad_checkpointing and session.backend == "hf" and not session.cfg.gradient_checkpointing
+    checkpointing = (cfg.grad_checkpointing and backend_of(session).checkpointing_per_call
+                     and not session.cfg.gradient_checkpointing)
     try:
         if checkpointing:
             session.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

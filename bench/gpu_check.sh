@@ -20,6 +20,8 @@
 #   ttt-*      bench/ttt_speed.py at 8192 tokens: bf16 LoRA r=256 with embeddings and 4-bit r=64,
 #              each on hf (transformers + peft) and on unsloth: tokens/s, MFU, peak memory
 #   search     bench/search_speed.py on that model: 16 views lock-step vs one by one vs generate
+#   kvcache    bench/kv_cache.py on that model: decode cost per token on the preallocated cache vs
+#              DynamicCache at a 4k prompt x 8 views, and the prefills the shared prompt cache saves
 #   plan       arcttt profile --plan on that shape: the memory estimate to set beside the peaks
 #   run-*      a 5-task `arcttt run` per backend (kaggle-l4x4 preset, both at once on the one GPU),
 #              budget min(300 s, what is left)
@@ -124,6 +126,8 @@ for b in "${backends[@]}"; do
 done
 wanted search && step search 60 150 "$PY" bench/search_speed.py --model "$MODEL" --dtype bf16 --tasks 1 --views 16 --max-new 64 \
     --repeat 1 --dfs-seconds 5 --out "$WORK/search.json"
+wanted search && step kvcache 30 90 "$PY" bench/kv_cache.py --model "$MODEL" --dtype bf16 --prompt 4096 --views 8 \
+    --new 32 --repeat 1 --dfs-seconds 3 --out "$WORK/kvcache.json"
 
 step challenges 5 60 "$PY" -m arcttt data export --split arc-agi-1-eval --out "$WORK/data" --tasks 5
 CHALLENGES=$WORK/data/arc-agi_evaluation_challenges.json

@@ -75,6 +75,7 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
     from arcttt.formats import answer_ids
     from arcttt.model import LoraConfig, ModelConfig, load_model
     from arcttt.pipeline import solve_task
+    from arcttt.backends import backend_of
     from arcttt.search import inference, search_prompts, view_augmentations
     from arcttt.select import answer_logprobs
     from arcttt.ttt_data import DataConfig, test_prompts, training_sequences
@@ -157,7 +158,8 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
 
     def search_check(name: str, **kw):
         def check():
-            got = search_prompts(s.model, prompts, tm, **kw)
+            # the cache the pipeline uses on this library (backends.py): ours on hf, unsloth's own
+            got = search_prompts(s.model, prompts, tm, preallocate=backend_of(s).preallocate, **kw)
             pairs = [(c.logprob, full_logprob(p, c.ids)) for p, cs in zip(prompts, got) for c in cs]
             checks[name] = {"completions": len(pairs), "worst": worst(pairs)}
         section(name, check)
@@ -175,7 +177,8 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
         pairs = []
         for aug, prompt in zip(augs, prompts):
             answers = [answer_ids(aug.grid(g), tm) for g in grids]
-            scored = answer_logprobs(s.model, prompt, answers, batch_size=3, device=s.device)
+            scored = answer_logprobs(s.model, prompt, answers, batch_size=3, device=s.device,
+                                     preallocate=backend_of(s).preallocate)
             pairs += [(float(a), full_logprob(prompt, ids)) for a, ids in zip(scored, answers)]
         checks["score"] = {"completions": len(pairs), "worst": worst(pairs)}
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from arcttt.config import load_config
+from arcttt.kvcache import rows_within
 from arcttt.memory import GIB, NF4_BYTES, OVERHEAD_BYTES, QWEN3_4B, ModelShape, estimate, memory_report
 
 # layers 2, hidden 8, 2 heads x 4 (attn 8), 1 kv head (kv 4), MLP 16, vocabulary 10, untied head
@@ -48,10 +49,12 @@ def test_every_part_by_hand():
     logits = tokens * 10 * (2 + 4 + 4)
     assert e.train_activations == 3 * per_layer + logits   # 2 blocks + 1 in flight
     # search: 2 views a batch (64 // 32), each 32 prompt + 931 answer tokens of cache; the prefill's
-    # working memory over 64 tokens (2x8 + 8 + 2x4 + 3x16 = 80 values a token); last logits fp32
-    assert e.search == 2 * (32 + 931) * 32 + 64 * 80 * 2 + 2 * 10 * 4
-    # select: the cache x (2 + batch 3), prefill of one prompt, 3 answers' bf16 logits, one fp32 row
-    assert e.select == 5 * 32 * 32 + 32 * 80 * 2 + 3 * 931 * 10 * 2 + 931 * 10 * 4
+    # working memory over 64 tokens (2x8 + 8 + 2x4 + 3x16 = 80 values a token); last logits fp32;
+    # the identity view's prompt cache, kept for the scoring
+    assert e.search == 2 * (32 + 931) * 32 + 64 * 80 * 2 + 2 * 10 * 4 + 32 * 32
+    # select: the prompt's cache, its expansion across the batch of 3 with room for the answers,
+    # prefill of one prompt, 3 answers' bf16 logits, one fp32 row
+    assert e.select == 32 * 32 + 3 * (32 + 931) * 32 + 32 * 80 * 2 + 3 * 931 * 10 * 2 + 931 * 10 * 4
     assert e.overhead == OVERHEAD_BYTES
     assert e.peak == e.weights + e.adapter + OVERHEAD_BYTES + e.select and e.peak_phase == "select"
 
@@ -66,7 +69,13 @@ def test_options_change_the_parts_they_should():
     assert estimate(small_cfg("ttt.optimizer=adamw"), SHAPE).train_state == 512 * (4 + 8)
     assert estimate(small_cfg("model.dtype=fp32"), SHAPE).weights == 1352 * 4
     one = estimate(small_cfg("search.batch_views=False"), SHAPE)
-    assert one.search == (32 + 931) * 32 + 32 * 80 * 2 + 10 * 4
+    assert one.search == (32 + 931) * 32 + 32 * 80 * 2 + 10 * 4 + 32 * 32
+    # a scoring budget of two rows: the batch of 3 becomes 2, and the kept prompt cache (1,024
+    # bytes) no longer fits it
+    two = estimate(small_cfg(f"select.max_cache_bytes={2 * ((32 + 931) * 32 + 931 * 10 * 4)}"), SHAPE)
+    assert two.select == base.select - (32 + 931) * 32 - 931 * 10 * 2 and two.search == base.search
+    tight = estimate(small_cfg("select.max_cache_bytes=1000"), SHAPE)
+    assert tight.search == base.search - 32 * 32
     assert estimate(small_cfg("select.n_views=0"), SHAPE).select == 0
     with pytest.raises(ValueError, match="no shape known.*wq"):
         estimate(small_cfg("model.lora.target_modules=wq"), SHAPE)
@@ -85,16 +94,19 @@ def test_kaggle_presets_on_qwen3_4b():
     l4 = estimate(load_config("kaggle-l4x4"))
     t4 = estimate(load_config("kaggle-t4x2"))
     assert l4.fits(22 * GIB) and t4.fits(14.5 * GIB)
-    # the biggest phase of both is scoring: an 8k (6k) prompt's cache expanded 8 (4) ways
-    assert l4.peak_phase == t4.peak_phase == "select"
-    assert l4.select > 8 * 8192 * 147_456
+    # the biggest phase of both is the search: 8 views of 8k (6k) tokens in lock-step; scoring
+    # expands an 8k prompt's cache to 3 candidates at a time (its 4 GiB budget), not 8
+    assert l4.peak_phase == t4.peak_phase == "search"
+    assert rows_within(147_456, 8192, 931, 16, 8, 4 * GIB) == 3
+    assert l4.select > 4 * 8192 * 147_456
 
 
 def test_report_and_profile_plan(tmp_path):
-    cfgs = {"kaggle-l4x4": load_config("kaggle-l4x4"), "big": load_config("kaggle-l4x4", ["select.batch_size=32"])}
+    cfgs = {"kaggle-l4x4": load_config("kaggle-l4x4"),
+            "big": load_config("kaggle-l4x4", ["select.batch_size=32", "select.max_cache_bytes=None"])}
     text = memory_report(cfgs)
     rows = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
-    assert rows["kaggle-l4x4"][-2:] == ["fits", "NO"]   # fits an L4, not a T4
+    assert rows["kaggle-l4x4"][-2:] == ["fits", "fits"]
     assert rows["big"][-2:] == ["NO", "NO"]
     assert float(rows["kaggle-l4x4"][6]) == pytest.approx(estimate(cfgs["kaggle-l4x4"]).peak / GIB, abs=0.006)
 

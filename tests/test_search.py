@@ -57,6 +57,10 @@ class TableLM(torch.nn.Module):
         b, n = input_ids.shape
         x = input_ids.to(torch.float32)[:, None, :, None]
         if self.legacy_cache:  # a tuple of (key, value) per layer, as some patched backends return
+            if past_key_values is not None and not isinstance(past_key_values, tuple):
+                # an empty Cache object counts as none (unsloth's _cache_as_legacy_tuple)
+                assert past_key_values.get_seq_length() == 0
+                past_key_values = None
             keys = x if past_key_values is None else torch.cat([past_key_values[0][0], x], dim=2)
             cache = ((keys, keys.clone()),)
         else:
