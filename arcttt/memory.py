@@ -39,7 +39,7 @@ that does not fit one card will OOM; one that fits may still, on a task longer t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,20 @@ def activation_values_per_token(shape: ModelShape, lora) -> int:
     return 4 * h + 2 * shape.attn + 2 * shape.kv + 4 * i + lora.rank * len(lora.target_modules)
 
 
+def adapter_lora(m):
+    """The LoRA a run trains: ``m.lora`` (a ``model.ModelConfig``'s), or, with a saved adapter
+    (``m.adapter``), the rank and targets its ``adapter_config.json`` gives, which win at load time."""
+    if not m.adapter:
+        return m.lora
+    try:
+        saved = json.loads((Path(m.adapter) / "adapter_config.json").read_text())
+        targets = saved["target_modules"]
+        return replace(m.lora, rank=int(saved["r"]), alpha=saved.get("lora_alpha", m.lora.alpha),
+                       target_modules=tuple(targets) if isinstance(targets, list) else m.lora.target_modules)
+    except (OSError, ValueError, KeyError, TypeError):
+        return m.lora  # the load itself says what is wrong with the folder
+
+
 def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     """Peak GPU memory of one worker running ``cfg`` (a ``config.RunConfig``) on a model of ``shape``."""
     m = cfg.model
@@ -184,7 +198,8 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
         weights = shape.linear_params * NF4_BYTES + shape.other_params * b
     else:
         weights = shape.n_params * b
-    lora_n, full_n = adapter_params(shape, m.lora)
+    lora = adapter_lora(m)
+    lora_n, full_n = adapter_params(shape, lora)
     adapter = lora_n * LORA_BYTES + full_n * b
     eight_bit = cfg.ttt.optimizer in ("adamw8bit", "auto")  # auto: 8-bit on a GPU
     # gradients at the weights' dtype, then AdamW's two moments (fp32 / the weights' dtype, or 1 byte each)
@@ -193,7 +208,7 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
 
     longest = min(cfg.data.max_len, m.max_seq_len)
     tokens = max(cfg.ttt.batch_tokens, longest)
-    per_layer = activation_values_per_token(shape, m.lora) * tokens * b
+    per_layer = activation_values_per_token(shape, lora) * tokens * b
     if m.gradient_checkpointing or cfg.ttt.grad_checkpointing:
         kept = shape.layers * shape.hidden * tokens * b + 2 * per_layer
     else:

@@ -81,6 +81,16 @@ def test_options_change_the_parts_they_should():
         estimate(small_cfg("model.lora.target_modules=wq"), SHAPE)
 
 
+def test_a_saved_adapter_is_estimated_at_its_own_rank(tmp_path):
+    # model.adapter: the adapter's own r and targets win at load time, so the estimate uses them
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}))
+    e = estimate(small_cfg(f"model.adapter={tmp_path}"), SHAPE)
+    assert e.adapter == 2 * 4 * ((8 + 8) + (8 + 4)) * 4    # 2 blocks x r 4 x (q 8+8, v 8+4), fp32
+    assert e.train_state == 224 * (4 + 2)
+    assert estimate(small_cfg(f"model.adapter={tmp_path / 'missing'}"), SHAPE).adapter == 512 * 4  # model.lora's
+
+
 def test_shape_from_a_model_dir_matches_the_model(tiny_session):
     shape = ModelShape.from_model_dir(tiny_session.path)
     assert shape.n_params == tiny_session.n_params
