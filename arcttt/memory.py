@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from arcttt.data import MAX_SIDE
 
 GIB = 2 ** 30
@@ -176,6 +178,19 @@ def activation_values_per_token(shape: ModelShape, lora) -> int:
     return 4 * h + 2 * shape.attn + 2 * shape.kv + 4 * i + lora.rank * len(lora.target_modules)
 
 
+def answer_tokens(format: str | None) -> int:
+    """The longest answer in tokens: a 30 x 30 grid and the end in the token formats (one token a
+    cell); in a template format at most one token a character of the writer's 30 x 30 text (Llama 3
+    splits MIT's spaced digits one a token), plus the end."""
+    from arcttt.formats import TEMPLATES
+
+    if format in TEMPLATES:
+        from arcttt.gridtext import WRITERS
+
+        return len(WRITERS[TEMPLATES[format].writer].answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8))) + 1
+    return MAX_ANSWER_TOKENS
+
+
 def adapter_lora(m):
     """The LoRA a run trains: ``m.lora`` (a ``model.ModelConfig``'s), or, with a saved adapter
     (``m.adapter``), the rank and targets its ``adapter_config.json`` gives, which win at load time."""
@@ -222,17 +237,18 @@ def estimate(cfg, shape: ModelShape = QWEN3_4B) -> MemoryEstimate:
     from arcttt.kvcache import rows_within
 
     kv = shape.kv_bytes_per_token(b)
+    answer = answer_tokens(m.format)
     rows = min(cfg.search.n_augmentations, max(1, cfg.search.max_batch_tokens // longest)) \
         if cfg.search.batch_views else 1
-    search = rows * (longest + MAX_ANSWER_TOKENS) * kv + prefill(rows * longest) + rows * shape.vocab * 4
+    search = rows * (longest + answer) * kv + prefill(rows * longest) + rows * shape.vocab * 4
     if cfg.select.n_views:
         budget = cfg.select.max_cache_bytes
         if budget is None or longest * kv <= budget:
             search += longest * kv  # the identity view's prompt cache, kept for the scoring
-        batch = rows_within(kv, longest, MAX_ANSWER_TOKENS, shape.vocab, cfg.select.batch_size, budget)
+        batch = rows_within(kv, longest, answer, shape.vocab, cfg.select.batch_size, budget)
         # the prompt's cache and its expansion across the batch, with room for the answers
-        select = (longest * kv + batch * (longest + MAX_ANSWER_TOKENS) * kv + prefill(longest)
-                  + (batch * b + 4) * MAX_ANSWER_TOKENS * shape.vocab)  # logits; one row's fp32 log-softmax
+        select = (longest * kv + batch * (longest + answer) * kv + prefill(longest)
+                  + (batch * b + 4) * answer * shape.vocab)  # logits; one row's fp32 log-softmax
     else:
         select = 0.0
     return MemoryEstimate(weights=weights, adapter=adapter, train_state=train_state,

@@ -91,6 +91,16 @@ def test_a_saved_adapter_is_estimated_at_its_own_rank(tmp_path):
     assert estimate(small_cfg(f"model.adapter={tmp_path / 'missing'}"), SHAPE).adapter == 512 * 4  # model.lora's
 
 
+def test_template_formats_are_estimated_at_their_longest_answer():
+    from arcttt.memory import answer_tokens
+
+    # MIT's numpy print of 30 x 30: 30 rows of 62 characters ("[[" or " [", 30 digits and 29 spaces,
+    # "]"), one more "]", 29 newlines, "#": 1,891 characters, at most a token each, then the end
+    assert answer_tokens("mit") == 1892 and answer_tokens("compact") == answer_tokens(None) == 931
+    base, mit = estimate(small_cfg(), SHAPE), estimate(small_cfg("model.format=mit"), SHAPE)
+    assert mit.search - base.search == 2 * (1892 - 931) * 32   # 2 views' caches, 32 bytes a token
+
+
 def test_shape_from_a_model_dir_matches_the_model(tiny_session):
     shape = ModelShape.from_model_dir(tiny_session.path)
     assert shape.n_params == tiny_session.n_params
