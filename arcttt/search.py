@@ -620,15 +620,17 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
                              deadline=deadline, device=device, stats=stats, preallocate=preallocate, keep=keep)
     merged: dict[tuple, Candidate] = {}
     for (aug, _), comps in zip(pairs, results):
-        view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids (in insertion order: most likely first)
-        for comp in comps[:cfg.max_candidates_per_view]:
+        view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids
+        for comp in comps:
             grid = parse_answer(comp.ids, tm, require_end=True)
             if isinstance(grid, np.ndarray):
                 grid = aug.invert_grid(grid)
                 key = grid_key(grid)
                 lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
                 view[key] = (grid, lp)
-        for key, (grid, lp) in view.items():
+        # the view's most likely grids (the cap counts grids, not spellings of one grid)
+        best = sorted(view.items(), key=lambda kv: -kv[1][1])[:cfg.max_candidates_per_view]
+        for key, (grid, lp) in best:
             merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
     return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
 

@@ -358,6 +358,42 @@ def test_a_grid_found_in_two_spellings_is_one_find_with_both_probabilities():
     assert cands[0].search_logprob == pytest.approx(0.0, abs=1e-6)  # 1/2 + 1/2
 
 
+def test_a_views_candidate_cap_counts_grids_not_spellings():
+    """Two spellings of [[7]] (0.4 and 0.36) and [[8]] (0.24): with room for 2 candidates a view,
+    both grids are kept (the spellings of one grid take one place)."""
+    from test_search import TableLM
+
+    from arcttt.augment import Augmentation
+    from arcttt.data import Task
+    from arcttt.search import SearchConfig, search_test_input
+
+    tm = token_map_from_tokenizer("mit", build_tokenizer("mit"))
+    tok = tm.tokenizer
+    two, one, seven, eight, close = (tok.encode(t) for t in ("[[", "[", "7", "8", "]]#"))
+    assert all(len(t) == 1 for t in (two, one, seven, eight, close))
+    end = tm.end[0]
+    table = {(): {two[0]: 0.6, one[0]: 0.4}, (one[0],): {one[0]: 1.0}, (one[0], one[0]): {seven[0]: 1.0},
+             (two[0],): {seven[0]: 0.6, eight[0]: 0.4}}
+    for path in ((two[0], seven[0]), (two[0], eight[0]), (one[0], one[0], seven[0])):
+        table[path] = {close[0]: 1.0}
+        table[(*path, close[0])] = {end: 1.0}
+    task = Task("t", (Pair(G([[1]]), G([[2]])),), (G([[3]]),), None)
+    prompt = encode(task.train, task.test_inputs[0], tm).ids
+    vocab = len(tok.vocab())
+
+    def fn(seen):
+        logits = np.full(vocab, -30.0)
+        for t, p in table.get(tuple(seen[len(prompt):]), {}).items():
+            logits[t] = np.log(p)
+        return logits
+
+    cands = search_test_input(TableLM(fn, vocab=vocab), task, 0, tm, [(Augmentation("id"), prompt)],
+                              SearchConfig(n_augmentations=1, threshold=0.1, batch_views=False,
+                                           max_candidates_per_view=2))
+    assert [c.grid.tolist() for c in cands] == [[[7]], [[8]]]
+    assert [round(float(np.exp(c.search_logprob)), 4) for c in cands] == [0.76, 0.24]
+
+
 # --- TTT sequences: loss on the answer, and on the demonstration outputs after the first -----------
 
 def _loss_runs(enc, tm) -> list[str]:
