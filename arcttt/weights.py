@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arcttt.formats import FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
+from arcttt.formats import FORMATS, TEMPLATE_FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -164,12 +164,21 @@ def kept_tokenizer(tokenizer: PreTrainedTokenizerBase, keep: list[int]) -> PreTr
                                role(tokenizer.pad_token_id))
 
 
+def check_cuttable(format_name: str) -> None:
+    """A :class:`FormatError` unless ``format_name`` is a format whose vocabulary can be cut to."""
+    if format_name in TEMPLATE_FORMATS:
+        raise FormatError(f"format {format_name} writes grids as text in the model's whole vocabulary: nothing to "
+                          "cut; run the checkpoint as it is (`arcttt adopt-model SRC DST --format "
+                          f"{format_name}`, or --format {format_name} on run)")
+    if format_name not in FORMATS:
+        raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+
+
 def shrink_vocab(src: Path, dst: Path, format_name: str) -> Path:
     """Write to ``dst`` the model of ``src`` cut down to the tokens of ``format_name`` (see the
     module docstring); returns ``dst``. Raises :class:`WeightsError` for a missing directory or a
     non-model, :class:`FormatError` when the tokenizer does not speak the format."""
-    if format_name not in FORMATS:
-        raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+    check_cuttable(format_name)
     src, dst = check_model_dir(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise WeightsError(f"shrink-vocab would overwrite its source {src}; give another destination")
@@ -318,6 +327,7 @@ def prepare_weights(src: str | Path, dst: str | Path, format_name: str, *, quant
     """
     if quantize not in QUANTIZE_CHOICES:
         raise WeightsError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
+    check_cuttable(format_name)  # before the long load
     src, dst = Path(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from arcttt.formats import (FormatError, build_tokenizer, encode, read_model_meta,  # noqa: E402
                             token_map_from_tokenizer)
-from arcttt.weights import WeightsError, kept_token_ids, shrink_vocab  # noqa: E402
+from arcttt.weights import WeightsError, kept_token_ids, prepare_weights, shrink_vocab  # noqa: E402
 
 
 def _tiny_llama(tokenizer, path, *, tie: bool = False, seed: int = 0):
@@ -143,6 +143,13 @@ def test_bad_sources_give_clear_errors(tmp_path):
         shrink_vocab(tmp_path / "empty", tmp_path / "dst", "chat")
     with pytest.raises(FormatError, match="unknown format"):
         shrink_vocab(tmp_path / "empty", tmp_path / "dst", "bytes")
+    for name in ("mit", "omni-arc"):  # the whole vocabulary: refused before anything is loaded
+        with pytest.raises(FormatError, match=f"format {name} writes grids as text in the model's whole "
+                                              f"vocabulary: nothing to cut; run the checkpoint as it is"):
+            shrink_vocab(tmp_path / "empty", tmp_path / "dst", name)
+        with pytest.raises(FormatError, match=f"format {name} writes grids as text"):
+            prepare_weights(tmp_path / "empty", tmp_path / "dst2", name)
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "dst2").exists()
 
 
 def test_format_mismatch_and_same_destination(tmp_path):
