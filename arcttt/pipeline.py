@@ -26,6 +26,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import threading
 import time
@@ -774,15 +775,18 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
             if challenges is None:
                 challenges, solutions = export_split(split, out / "data", limit=tasks)
             if model is None:
+                from arcttt.config import load_config
                 from arcttt.model import SHIPPED_MODEL, make_tiny_model
 
-                if (SHIPPED_MODEL / "config.json").is_file():
+                config = config or "cpu-smoke"
+                fmt = load_config(config, overrides).model.format or "compact"
+                if fmt == "compact" and (SHIPPED_MODEL / "config.json").is_file():
                     model = SHIPPED_MODEL  # our own small trained model (weights/README.md)
-                else:  # an installed package without the repository's weights/
+                else:  # another format asked for, or an installed package without the repository's weights/
                     model = out / "tiny-model"
                     if not (model / "config.json").is_file() or not resume:
-                        model = make_tiny_model(model)
-                config = config or "cpu-smoke"
+                        shutil.rmtree(model, ignore_errors=True)
+                        model = make_tiny_model(model, fmt)
             solutions = Path(solutions).absolute() if solutions is not None else None
             summary = _run_claimed(Path(challenges).absolute(), Path(model).absolute(), out / "submission.json", out,
                                    start, how, lock, config=config or "auto", time_budget=time_budget, workers=workers,

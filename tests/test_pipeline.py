@@ -258,6 +258,21 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
     assert "not found" not in page and "no solutions given" not in page and 'data-what="' in page
 
 
+def test_a_dry_run_in_another_format_builds_its_own_tiny_model(tmp_path, capsys):
+    """--format omni-arc and no --model: the shipped model speaks compact, so a random tiny model of
+    that format is built (the run used to stop: "format omni-arc was asked for, but arcttt.json
+    says compact")."""
+    with pytest.raises(SystemExit) as e:
+        main(["dry-run", "--out", str(tmp_path / "dry"), "--tasks", "1", "--format", "omni-arc", "--quiet",
+              "--set", "data.max_len=8192", *[a for s in FAST for a in ("--set", s)]])
+    assert e.value.code == 0
+    meta = json.loads((tmp_path / "dry" / "run.json").read_text())
+    assert meta["model"] == str(tmp_path / "dry" / "tiny-model")
+    assert json.loads((tmp_path / "dry" / "tiny-model" / "arcttt.json").read_text())["format"] == "omni-arc"
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model: ")]
+    assert said and "format omni-arc, random weights from make_tiny_model" in said[0]
+
+
 def test_a_dry_run_does_not_replace_a_run(tmp_path, capsys):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "run.json").write_text(json.dumps({"command": "run"}))
