@@ -251,6 +251,9 @@ class NotebookSettings:
     """The format of an attached published checkpoint without arcttt.json (ARCTTT_FORMAT)."""
     model: str | None = None
     """A fragment of the model directory's path, when several are attached."""
+    adapter: str | None = None
+    """A saved PEFT adapter directory every task's TTT starts from (``model.adapter``; ARCTTT_ADAPTER),
+    e.g. Omni-ARC's published LoRA."""
 
     def __post_init__(self):
         self.input_root, self.working_dir = Path(self.input_root), Path(self.working_dir)
@@ -289,6 +292,7 @@ class NotebookSettings:
             "preset": env.get("ARCTTT_PRESET") or None,
             "format": env.get("ARCTTT_FORMAT") or None,
             "model": env.get("ARCTTT_MODEL") or None,
+            "adapter": env.get("ARCTTT_ADAPTER") or None,
         }
         # Kaggle sets the variable on the rerun; its value has not been documented, so any
         # non-empty value counts.
@@ -365,8 +369,10 @@ def subset_tasks(challenges: Path, solutions: Path, n: int, out_dir: Path) -> tu
 
 
 # A published checkpoint runs with its team's recipe on the GPUs its preset was written for.
+# omni-arc (Qwen2.5-0.5B, bf16) on L4s only: a T4 has no native bf16. mit (Llama 3 8B in bf16, as
+# published) does not fit an L4; it is not mapped.
 FORMAT_PRESETS = {("kaggle-l4x4", "nvarc"): "nvarc-l4x4", ("kaggle-l4x4", "architects"): "architects-l4x4",
-                  ("kaggle-t4x2", "architects"): "architects-t4x2"}
+                  ("kaggle-t4x2", "architects"): "architects-t4x2", ("kaggle-l4x4", "omni-arc"): "omni-arc"}
 
 
 def preset_for_format(preset: str, fmt: str | None) -> str:
@@ -376,7 +382,8 @@ def preset_for_format(preset: str, fmt: str | None) -> str:
 
 
 def format_overrides(settings: NotebookSettings) -> list[str]:
-    return [f"model.format={settings.format}"] if settings.format else []
+    return ([f"model.format={settings.format}"] if settings.format else []) + \
+        ([f"model.adapter={settings.adapter}"] if settings.adapter else [])
 
 
 def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) -> dict:

@@ -516,3 +516,9 @@ def test_a_published_checkpoint_is_found_and_runs_with_its_recipe(tmp_path, nvar
     assert kaggle.checkpoint_format(picked, settings.format) == "architects"
     assert kaggle.format_overrides(settings) == ["model.format=architects"]
     assert kaggle.preset_for_format("kaggle-t4x2", "architects") == "architects-t4x2"
+    # Omni-ARC: its recipe on L4s (bf16), and the published adapter passed through to model.adapter
+    omni = NotebookSettings.from_env({"ARCTTT_FORMAT": "omni-arc", "ARCTTT_ADAPTER": "/kaggle/input/arc24/lora"})
+    assert kaggle.format_overrides(omni) == ["model.format=omni-arc", "model.adapter=/kaggle/input/arc24/lora"]
+    assert kaggle.preset_for_format("kaggle-l4x4", "omni-arc") == "omni-arc"
+    assert kaggle.preset_for_format("kaggle-t4x2", "omni-arc") == "kaggle-t4x2"
+    assert kaggle.preset_for_format("kaggle-l4x4", "mit") == "kaggle-l4x4"  # 8B in bf16 does not fit an L4
