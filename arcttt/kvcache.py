@@ -180,8 +180,10 @@ def _clone_meta(layer: SlabLayer) -> SlabLayer:
 def full_attention_only(model) -> bool:
     """Every layer of the model attends to all earlier positions (no sliding window, no linear
     attention); true for a model without a config (a stand-in or a wrapper: it gets our cache)."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+    except ImportError:  # another transformers than pyproject's: the model's own cache is used
+        return False
     config = getattr(model, "config", None)
     if config is None:
         return True

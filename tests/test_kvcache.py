@@ -125,6 +125,13 @@ def test_only_full_attention_models_get_the_preallocated_cache():
     assert new_cache(sliding) is None
 
 
+def test_a_transformers_without_layer_types_gets_the_models_own_cache(monkeypatch):
+    import transformers.cache_utils
+
+    monkeypatch.delattr(transformers.cache_utils, "get_layer_types_and_kwargs")
+    assert new_cache(tiny_llama()) is None  # the model builds its own; the search works with either
+
+
 class Counting(torch.nn.Module):
     """Counts the wrapped model's calls: prefills (no cache, or an empty one) and cached calls."""
 
