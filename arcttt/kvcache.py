@@ -241,9 +241,12 @@ class PromptCaches:
         self.bytes = 0
         self.reused = 0   # prompts whose prefill the scoring skipped
 
-    def wants(self, prompt) -> bool:
+    def wants(self, prompt, nbytes: float = 0) -> bool:
+        """The scoring will use this prompt, it is not kept yet, and ``nbytes`` more fit the budget
+        (asked before the copy is made, so a copy over the budget is never allocated)."""
         key = _prompt_key(prompt)
-        return key in self.wanted and key not in self.kept
+        fits = self.max_bytes is None or self.bytes + nbytes <= self.max_bytes
+        return key in self.wanted and key not in self.kept and fits
 
     def put(self, prompt, cache: SlabCache, last_logits: torch.Tensor) -> bool:
         """Keep ``cache`` (the caller's own copy) if it fits the budget; whether it was kept."""

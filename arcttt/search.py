@@ -56,7 +56,7 @@ from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
 from arcttt.formats import TemplateMap, TokenMap, parse_answer
-from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, new_cache
+from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_cache
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
@@ -342,7 +342,7 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[
                 use_cache=True, **last_logits_kwargs(model))
     stats.forwards += 1
     cache, plen = out.past_key_values, ids.shape[1]
-    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt):
+    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache)):
         keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -1])
     found: list[tuple[list[int], float]] = []
     gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
@@ -410,8 +410,9 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     if not _batchable(cache):
         return None
     if keep is not None and isinstance(cache, SlabCache):
+        per_token = cache_bytes(cache) / max(1, n * cache.get_seq_length())
         for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding
-            if keep.wants(p):
+            if keep.wants(p, per_token * len(p)):  # within the budget before the copy is made
                 keep.put(p, cache.copy_of(r, width - len(p), width), out.logits[r, -1])
     root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
     mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)

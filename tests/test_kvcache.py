@@ -170,11 +170,19 @@ def test_the_search_keeps_the_prompt_caches_scoring_uses(small_task, batch):
         assert lp == pytest.approx(teacher_forced_logprob(model.inner, shared, a), abs=1e-4)
 
 
-def test_prompt_caches_stay_under_their_budget(small_task):
+@pytest.mark.parametrize("batch", [False, True])
+def test_prompt_caches_stay_under_their_budget(small_task, batch, monkeypatch):
+    copies = []
+    original = SlabCache.copy_of
+    monkeypatch.setattr(SlabCache, "copy_of", lambda self, *a, **k: copies.append(a) or original(self, *a, **k))
     prompts = prompts_of(small_task)
     keep = PromptCaches(prompts, max_bytes=1)
-    search_prompts(tiny_llama(), prompts, TM, threshold=0.5, max_new_tokens=4, keep=keep)
+    search_prompts(tiny_llama(), prompts, TM, threshold=0.5, max_new_tokens=4, keep=keep, batch=batch)
     assert not keep.kept and keep.take(prompts[0]) is None
+    assert copies == []  # the budget is asked before a copy is made, not after
+    roomy = PromptCaches(prompts)
+    search_prompts(tiny_llama(), prompts, TM, threshold=0.5, max_new_tokens=4, keep=roomy, batch=batch)
+    assert len(roomy.kept) == len(copies) == len({p.tobytes() for p in prompts})
 
 
 def test_a_small_memory_budget_splits_the_batch_and_gives_the_same_scores(small_task):
