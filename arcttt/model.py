@@ -327,8 +327,13 @@ def _count_saved_weights(path: Path) -> int:
     for f in sorted(path.glob("*.safetensors")):
         try:
             with open(f, "rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= min(f.stat().st_size - 8, 100 * 2 ** 20):  # not a safetensors header
+                    return 0
+                header = json.loads(fh.read(size))
         except (OSError, ValueError):
+            return 0
+        if not isinstance(header, dict):
             return 0
         for key, entry in header.items():
             if key != "__metadata__" and isinstance(entry, dict):

@@ -114,6 +114,11 @@ def test_describe_model_dir_says_what_the_model_is(tmp_path):
     assert describe_model_dir(out).endswith("format compact, trained by arcttt finetune from random init, 7 steps "
                                             "on synthetic:9 + arc-agi-1-train; excluded: arc-agi-1-eval")
     assert describe_model_dir(tmp_path / "nowhere") == f"{tmp_path / 'nowhere'}: not found"
+    for garbage in (b"garbage", b"\xff" * 8 + b"{}", (2).to_bytes(8, "little") + b"[]"):  # never raises
+        (out / "model.safetensors").write_bytes(garbage)
+        assert describe_model_dir(out) == (f"{out}: LlamaForCausalLM, 1 layers x 32, float32, format compact, "
+                                           "trained by arcttt finetune from random init, 7 steps on synthetic:9 + "
+                                           "arc-agi-1-train; excluded: arc-agi-1-eval")
 
 
 def test_cli_make_tiny_model(tmp_path, capsys):
