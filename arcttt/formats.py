@@ -910,7 +910,7 @@ class TemplateMap:
         return self._overheads
 
     def max_answer_len(self) -> int:
-        return len(self.writer.answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8))) + len(self.end)
+        return self.writer.max_answer_chars() + len(self.end)
 
     def grammar(self) -> TemplateGrammar:
         if self._grammar is None:

@@ -40,6 +40,10 @@ class GridWriter:
     def answer_text(self, grid: np.ndarray) -> str:
         raise NotImplementedError
 
+    def max_answer_chars(self) -> int:
+        """Characters of the longest answer text: a 30 x 30 grid (every cell one digit)."""
+        return len(self.answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8)))
+
     def _read(self, text: str) -> list[list[int]]:
         """The rows a grid's text holds; ValueError naming the fault."""
         raise NotImplementedError

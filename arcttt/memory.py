@@ -43,8 +43,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from arcttt.data import MAX_SIDE
 
 GIB = 2 ** 30
@@ -187,7 +185,7 @@ def answer_tokens(format: str | None) -> int:
     if format in TEMPLATES:
         from arcttt.gridtext import WRITERS
 
-        return len(WRITERS[TEMPLATES[format].writer].answer_text(np.zeros((MAX_SIDE, MAX_SIDE), np.uint8))) + 1
+        return WRITERS[TEMPLATES[format].writer].max_answer_chars() + 1
     return MAX_ANSWER_TOKENS
 
 

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from arcttt.cli import main
 from arcttt.data import Pair, load_split
 from arcttt.formats import (FormatError, TemplateMap, as_text_tokenizer, build_tokenizer, encode, parse_answer,
                             token_map_from_tokenizer)
 from arcttt.gridtext import WRITERS
+from test_published_formats import _show  # show-prompt --json, its exit code checked
 
 G = lambda rows: np.array(rows, dtype=np.uint8)  # noqa: E731
 TASK_IDS = ("66e6c45b", "00576224", "be03b35f", "6ea4a07e", "e345f17b")  # the last two have 2 test inputs
@@ -135,14 +135,6 @@ def eval_files(tmp_path_factory, tasks):
     (root / "c.json").write_text(json.dumps({i: challenges[i] for i in TASK_IDS}))
     (root / "s.json").write_text(json.dumps({i: solutions[i] for i in TASK_IDS}))
     return root / "c.json", root / "s.json"
-
-
-def _show(capsys, *args) -> dict:
-    with pytest.raises(SystemExit) as exit_:
-        main(["show-prompt", *map(str, args), "--json"])
-    out, err = capsys.readouterr()
-    assert exit_.value.code == 0, err
-    return json.loads(out)
 
 
 @pytest.mark.parametrize("fmt, reference, end", [("mit", mit_reference, "<|eot_id|>"),

@@ -68,15 +68,22 @@ def child(model_dir: str) -> dict:
     return out
 
 
-def test_unsloth_load_train_reset(tiny_model_dir, tmp_path):
+def in_child(cwd, function: str, *paths) -> dict:
+    """``function(*paths)`` of this module, run in a fresh Python (unsloth patches transformers at
+    import: it must not leak into the other tests); its JSON result."""
     env = {k: v for k, v in os.environ.items() if k != "UNSLOTH_COMPILE_LOCATION"} | {"OMP_NUM_THREADS": "1"}
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_unsloth import child; "
-            f"print('RESULT', json.dumps(child({str(tiny_model_dir)!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+    args = ", ".join(repr(str(p)) for p in paths)
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_unsloth import "
+            f"{function}; print('RESULT', json.dumps({function}({args})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(lines[0].removeprefix("RESULT "))
+    return json.loads(lines[0].removeprefix("RESULT "))
+
+
+def test_unsloth_load_train_reset(tiny_model_dir, tmp_path):
+    results = in_child(tmp_path, "child", tiny_model_dir)
     for bits, r in results.items():
         assert r["backend"] == "unsloth" and not r["training"], (bits, r)
         assert r["base_layer"] == ("Linear4bit" if bits == "4" else "Linear"), (bits, r)
@@ -125,14 +132,6 @@ def test_unsloth_starts_from_a_saved_adapter(tiny_model_dir, tmp_path):
     from test_model import save_adapter
 
     save_adapter(tiny_model_dir, tmp_path / "adapter")
-    env = {k: v for k, v in os.environ.items() if k != "UNSLOTH_COMPILE_LOCATION"} | {"OMP_NUM_THREADS": "1"}
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_unsloth import "
-            f"adapter_child; print('RESULT', json.dumps(adapter_child({str(tiny_model_dir)!r}, "
-            f"{str(tmp_path / 'adapter')!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(lines[0].removeprefix("RESULT "))
+    r = in_child(tmp_path, "adapter_child", tiny_model_dir, tmp_path / "adapter")
     assert r["backend"] == "unsloth" and r["ranks"] == [4], r
     assert r["hf_diff"] < 1e-5 and r["trained_changed"] and r["reset_equal"], r
