@@ -271,17 +271,20 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", forma
                                              progress=not quiet, resume=resume), challenges, Path(out))
 
 
-def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model: Path | None = None,
-            format: str | None = None, time_budget: float | None = None, config: str | None = None, workers: int | None = None,
-            set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
+def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthetic: int = 8,
+            model: Path | None = None, format: str | None = None, time_budget: float | None = None,
+            config: str | None = None, workers: int | None = None, set: list[str] | None = None,
+            resume: bool = False, quiet: bool = False) -> int:
     """Run on bundled tasks with known solutions, then score and report.
 
-    Exports the first TASKS tasks of a bundled split, runs the pipeline on them and writes, in OUT:
-    submission.json, score.json, report.html, timeline.png and the run files. With no --model it
-    uses arcttt's own small trained model (weights/arcttt-tiny-syn, about 1 M weights trained on a
-    CPU: a measurable stand-in, not a competitive model; the tiny random model when the folder is
-    missing) and the cpu-smoke preset, so it ends in a few minutes on a CPU. It prints one line
-    saying what the model is. Run again on the
+    Exports the first TASKS tasks of a bundled split and SYNTHETIC held-out synthetic tasks (half of
+    families arcttt's own model was trained on, half of families it never saw, where test-time
+    training has to do the learning), runs the pipeline on them and writes, in OUT: submission.json,
+    score.json, report.html, timeline.png and the run files; it prints the score of each group.
+    With no --model it uses arcttt's own small trained model (weights/arcttt-tiny-syn, about 1 M
+    weights trained on a CPU: a measurable stand-in, not a competitive model) and the cpu-tiny preset
+    (the tiny random model and cpu-smoke when the folder is missing), so it ends in a few minutes on
+    a CPU. It prints one line saying what the model is. Run again on the
     same OUT, it replaces the earlier dry run (so the profile and report show the new one), unless
     --resume. Exit codes as for `arcttt run`.
 
@@ -289,6 +292,7 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         out: Output folder.
         split: arc-agi-1-train, arc-agi-1-eval, arc-agi-2-train or arc-agi-2-eval.
         tasks: How many tasks of the split (the first by id).
+        synthetic: How many held-out synthetic tasks to add (0: none).
         model: A prepared model directory (default: weights/arcttt-tiny-syn, else a tiny random model).
         format: The format the model was trained on, for a directory without arcttt.json (see run).
         time_budget: Seconds for the run, a positive number (default: the preset's).
@@ -306,11 +310,14 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, model:
         return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if tasks < 1:
         return _error(f"--tasks must be at least 1, got {tasks}")
+    if not 0 <= synthetic <= 1000:
+        return _error(f"--synthetic must be in 0..1000, got {synthetic}")
     if (message := _budget_fault(time_budget)) is not None:
         return _error(message)
     rc = _run_command(lambda: run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
                                       config=config, workers=workers, overrides=_with_format(set, format),
-                                      progress=not quiet, resume=resume), None, Path(out) / "submission.json")
+                                      progress=not quiet, resume=resume, synthetic=synthetic), None,
+                      Path(out) / "submission.json")
     return rc
 
 
@@ -368,6 +375,8 @@ def _run_command(call, challenges: Path | None, out: Path) -> int:
         s = summary["score"]
         print(f"score: {s['score']:.4f} ({s['correct']}/{s['total']} test outputs); "
               f"report: {summary['report']}")
+        for name, g in summary.get("groups", {}).items():
+            print(f"  {name}: {g['score']:.4f} ({g['correct']}/{g['total']} test outputs)")
     return 0
 
 
@@ -691,8 +700,8 @@ def convert_weights(src: Path, dst: Path) -> int:
 # --- finetune -----------------------------------------------------------------------------------
 
 def finetune(*, model: Path, out: Path, format: str | None = None, data: list[str] | None = None,
-             exclude: list[str] | None = None, config: str | None = None, set: list[str] | None = None,
-             resume: bool = False, quiet: bool = False) -> int:
+             exclude: list[str] | None = None, eval: list[str] | None = None, config: str | None = None,
+             set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
     """Fine-tune a model on many ARC tasks before test-time training, and write a ready model
     directory to OUT (LoRA merged, safetensors, tokenizer, arcttt.json) that `run` and
     `dry-run --model OUT` take as it is.
@@ -709,9 +718,11 @@ def finetune(*, model: Path, out: Path, format: str | None = None, data: list[st
         format: Token format to train in (default: the one the base model's arcttt.json records).
         data: A training source, repeatable: a bundled split (arc-agi-1-train, ...), a Kaggle
             challenges file (its *_solutions.json neighbour is read), a JSONL of tasks, a folder of task
-            JSON files, or synthetic:N[:SEED] (default: arc-agi-1-train).
+            JSON files, or synthetic:N[:SEED[:FAMILY+FAMILY...]] (default: arc-agi-1-train).
         exclude: Drop every task whose id or content (or a test input) appears in this source;
             repeatable, same kinds as --data; arc-agi-1-eval and arc-agi-2-eval are always excluded.
+        eval: Held-out tasks (same kinds as --data, repeatable; excluded from training too) scored
+            teacher-forced every eval_every steps (--set eval_every=N): loss, cells and answers right.
         config: A finetune preset (cpu-tiny, gpu-lora, gpu-full; default: gpu-lora with a GPU, else
             cpu-tiny) or a JSON/YAML file.
         set: Override one config field, e.g. --set steps=200 --set lora.rank=32 --set mode=lora.
@@ -724,8 +735,8 @@ def finetune(*, model: Path, out: Path, format: str | None = None, data: list[st
 
     try:
         cfg = load_finetune_config(config, set or [])
-        summary = run_finetune(model, out, format=format, data=data or [], exclude=exclude or [], cfg=cfg,
-                               resume=resume, progress=not quiet)
+        summary = run_finetune(model, out, format=format, data=data or [], exclude=exclude or [],
+                               eval=eval or [], cfg=cfg, resume=resume, progress=not quiet)
     except (ConfigError, ValueError, OSError, DataFileError) as e:
         return _error(str(e))
     if not summary["finished"]:

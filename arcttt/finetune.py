@@ -99,6 +99,9 @@ class FinetuneConfig:
     """End this run after this step, leaving a checkpoint to ``--resume`` from (as a time limit would)."""
     keep_checkpoint: bool = False
     """Keep OUT/checkpoint after the last step (it holds the optimizer state: about 3x the model)."""
+    eval_every: int = 0
+    """Every this many steps (and before the first and after the last), score the ``--eval`` tasks
+    teacher-forced: the learning curve in the log and in ``finetune.json`` (0: never)."""
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
@@ -108,6 +111,8 @@ class FinetuneConfig:
             errors.append(f"mode must be full or lora, got {self.mode!r}")
         if self.steps < 1 or self.batch_rows < 1 or self.micro_rows < 1 or self.save_every < 1:
             errors.append("steps, batch_rows, micro_rows and save_every must be >= 1")
+        if self.eval_every < 0:
+            errors.append(f"eval_every must be >= 0, got {self.eval_every}")
         if not self.lr > 0 or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
             errors.append(f"need lr > 0, warmup_frac in [0, 1), min_lr_frac in [0, 1]; got {self.lr}, "
                           f"{self.warmup_frac}, {self.min_lr_frac}")
@@ -148,10 +153,16 @@ def load_tasks(spec: str) -> list[Task]:
     if spec in SPLITS:
         return load_split(spec)
     if spec.startswith("synthetic:"):
-        n, _, seed = spec.removeprefix("synthetic:").partition(":")
-        if not n.isdigit() or (seed and not seed.isdigit()):
-            raise ValueError(f"data source {spec!r}: write synthetic:N or synthetic:N:SEED")
-        return synthetic.generate(int(n), seed=int(seed or 0))
+        n, _, rest = spec.removeprefix("synthetic:").partition(":")
+        seed, _, families = rest.partition(":")
+        if not n.isdigit() or (seed and not seed.isdigit()) or (families and not seed):
+            raise ValueError(f"data source {spec!r}: write synthetic:N, synthetic:N:SEED or synthetic:N:SEED:FAMILY+FAMILY...")
+        names = families.split("+") if families else None
+        unknown = [f for f in names or () if f not in synthetic.ALL_FAMILIES]
+        if unknown:
+            raise ValueError(f"data source {spec!r}: unknown families {', '.join(unknown)}; "
+                             f"known: {', '.join(synthetic.ALL_FAMILIES)}")
+        return synthetic.generate(int(n), seed=int(seed or 0), families=names)
     path = Path(spec)
     if path.is_dir():
         return [_task_with_outputs(p.stem, read_json(p, "task")) for p in sorted(path.glob("*.json"))]
@@ -427,7 +438,7 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
 
     state = json.loads((folder / "state.json").read_text())
     saved, now = dict(state["config"]), json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists
-    for key in ("stop_at_step", "save_every", "keep_checkpoint"):  # may change between runs
+    for key in ("stop_at_step", "save_every", "keep_checkpoint", "eval_every"):  # may change between runs
         saved.pop(key, None)
         now.pop(key, None)
     if saved != now:
@@ -479,6 +490,68 @@ def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig
     formats.write_model_meta(out, tm, source="arcttt finetune", **meta)
 
 
+# --- the learning curve -------------------------------------------------------------------------
+
+@dataclass
+class EvalPoint:
+    """The held-out tasks scored teacher-forced after ``step`` optimizer steps (``tokens`` trained on)."""
+
+    set: str
+    """The ``--eval`` source."""
+    step: int
+    tokens: int
+    loss: float
+    """Mean cross-entropy per answer token (the grid, its newlines and the end marker)."""
+    cells: float
+    """Fraction of the answers' cells whose most likely token is the right colour."""
+    answers: int
+    """Answers whose every token (cells, newlines, end) is the most likely one: solved by greedy decoding."""
+    n: int
+
+    def line(self) -> str:
+        return (f"eval {self.set} step {self.step}: loss {self.loss:.4f} cells {self.cells:.3f} "
+                f"answers {self.answers}/{self.n} ({self.tokens:,} tokens trained)")
+
+
+def eval_samples(tasks: list[Task], tm: TokenMap, seq_len: int) -> list[Encoded]:
+    """Each held-out task's first test pair after all its demonstrations, unaugmented (the front
+    demonstrations dropped to fit ``seq_len``); tasks that do not fit with one are left out."""
+    samples = []
+    for task in tasks:
+        demos = list(task.train)
+        while demos:
+            enc = formats.encode(demos, task.test_inputs[0], tm, task.test_outputs[0])
+            if len(enc) <= seq_len:
+                samples.append(enc)
+                break
+            demos = demos[1:]
+    return samples
+
+
+@torch.no_grad()
+def teacher_forced(model, samples: list[Encoded], tm: TokenMap, device: torch.device, name: str, step: int,
+                   tokens: int) -> EvalPoint:
+    """Score ``samples`` teacher-forced (one forward each): the answer's loss, cells and exact answers."""
+    was_training = model.training
+    model.eval()
+    digits = torch.tensor(tm.digits, device=device)
+    loss_sum = cells_right = cells = answers = n_tokens = 0
+    for enc in samples:
+        ids = torch.from_numpy(enc.ids).to(device)[None]
+        logits = model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)[None],
+                       use_cache=False).logits[0, enc.prompt_len - 1:-1].float()
+        target = ids[0, enc.prompt_len:]
+        right = logits.argmax(-1) == target
+        is_cell = torch.isin(target, digits)
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        n_tokens += len(target)
+        cells_right += int(right[is_cell].sum())
+        cells += int(is_cell.sum())
+        answers += bool(right.all())
+    model.train(was_training)
+    return EvalPoint(name, step, tokens, loss_sum / max(n_tokens, 1), cells_right / max(cells, 1), answers, len(samples))
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 def _autocast(cfg: FinetuneConfig, device: torch.device):
@@ -516,8 +589,9 @@ def train_step(model, opt, params, rows: list[list[Encoded]], step: int, cfg: Fi
 
 
 def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: Dist, out: Path,
-        state: dict, log: Callable[[str], None], progress: bool) -> dict:
-    """Steps from ``state["step"]`` to the end (or to ``stop_at_step``), checkpointing on the way."""
+        state: dict, log: Callable[[str], None], progress: bool, held_out: dict[str, list[Encoded]] | None = None) -> dict:
+    """Steps from ``state["step"]`` to the end (or to ``stop_at_step``), checkpointing on the way and
+    scoring ``held_out`` every ``eval_every`` steps."""
     from tqdm import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -525,6 +599,18 @@ def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: 
     end = cfg.stop_at_step or cfg.steps
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not (progress and dist.main), unit="step",
                dynamic_ncols=True)
+    state.setdefault("evals", [])
+
+    def evaluate(step: int) -> None:
+        if not cfg.eval_every or any(e["step"] == step for e in state["evals"]):
+            return
+        for name, samples in (held_out or {}).items():
+            point = teacher_forced(model, samples, tm, dist.device, name, step, state["tokens"])
+            state["evals"].append(dataclasses.asdict(point))
+            log(point.line())
+
+    if state["step"] == 0:
+        evaluate(0)
     model.train()
     for step in range(state["step"], end):
         t0 = time.time()
@@ -536,6 +622,8 @@ def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: 
         state["losses"].append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}", epoch=cursor.epoch)
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == end):
+            evaluate(step + 1)  # before the checkpoint, so that a resumed run has the point
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
             save_checkpoint(out / CHECKPOINT, model, opt, state, cfg, dist)
         if (step + 1) % max(1, cfg.save_every // 4) == 0 or step + 1 == end:
@@ -546,10 +634,11 @@ def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: 
 
 
 def finetune(model: str | Path, out: str | Path, *, format: str | None = None, data: list[str] = (),
-             exclude: list[str] = (), cfg: FinetuneConfig | None = None, resume: bool = False,
-             progress: bool = True) -> dict:
-    """Fine-tune the model in ``model`` on the tasks of ``data`` (less ``exclude`` and the bundled
-    evaluation splits) and write a ready model directory to ``out``; returns a summary."""
+             exclude: list[str] = (), eval: list[str] = (), cfg: FinetuneConfig | None = None,
+             resume: bool = False, progress: bool = True) -> dict:
+    """Fine-tune the model in ``model`` on the tasks of ``data`` (less ``exclude``, ``eval`` and the
+    bundled evaluation splits) and write a ready model directory to ``out``; returns a summary.
+    ``eval``'s tasks (held out from training) are scored every ``cfg.eval_every`` steps."""
     cfg = cfg or load_finetune_config()
     base, out = Path(model), Path(out)
     dist = setup_distributed()
@@ -568,11 +657,14 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
 
     tm = _token_map(base, format)
     tasks = [t for spec in (data or ["arc-agi-1-train"]) for t in load_tasks(spec)]
-    excluded = [t for spec in dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]) for t in load_tasks(spec)]
+    held_out_sets = {spec: load_tasks(spec) for spec in eval}
+    held_out_tasks = [t for tasks_ in held_out_sets.values() for t in tasks_]
+    excluded = [t for spec in dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]) for t in load_tasks(spec)] + held_out_tasks
     tasks, dropped = exclude_tasks(tasks, excluded)
     log(f"data {', '.join(data or ['arc-agi-1-train'])}: {len(tasks)} tasks kept; dropped {sum(dropped.values())} "
         f"found in --exclude ({', '.join(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]))}): {dropped['id']} by id, "
-        f"{dropped['content']} by content, {dropped['test_grid']} by a test input")
+        f"{dropped['content']} by content, {dropped['test_grid']} by a test input"
+        + (f"; {len(held_out_tasks)} held-out --eval tasks ({', '.join(eval)}) excluded too" if eval else ""))
     if not tasks:
         raise ValueError("no training tasks left after the exclusions")
     torch.manual_seed(cfg.seed)
@@ -591,8 +683,10 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     log(f"training {cfg.mode} ({n_trainable:,} weights) on {dist.world} process(es), {dist.device}; "
         f"{cfg.steps} steps of {cfg.batch_rows} rows x {cfg.seq_len} tokens")
-    state = fit(wrapped, opt, tasks, tm, cfg, dist, out, state, log, progress)
-    summary = {"steps": state["step"], "losses": state["losses"], "tokens": state["tokens"],
+    held_out = {name: eval_samples(ts, tm, cfg.seq_len) for name, ts in held_out_sets.items()} if cfg.eval_every else {}
+    state = fit(wrapped, opt, tasks, tm, cfg, dist, out, state, log, progress, held_out)
+    summary = {"steps": state["step"], "losses": state["losses"], "evals": state.get("evals", []),
+               "tokens": state["tokens"],
                "tokens_per_s": state["tokens"] / max(state["seconds"], 1e-9), "tasks": len(tasks),
                "dropped": dropped, "finished": state["step"] == cfg.steps}
     if summary["finished"]:

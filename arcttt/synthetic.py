@@ -38,6 +38,8 @@ class Drawn:
     params: dict = field(default_factory=dict)
     learnable: Callable[[list[Grid], Grid], bool] = lambda train, test: True
     """Whether the train inputs show all the test input needs (e.g. each of its colours)."""
+    changes: bool = True
+    """Every pair's output differs from its input (False only for ``copy``, a curriculum's first lesson)."""
 
 
 # --- small grid helpers ------------------------------------------------------------------------------
@@ -361,22 +363,87 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Drawn]] = {
 }
 
 
+# --- curriculum and held-out families (not in FAMILIES: ``synthetic:N`` keeps its old stream) -------
+# The symmetries of the square fall into conjugacy classes that an augmentation of the whole task
+# (the same symmetry applied to every grid) never leaves: a flip task stays a flip task under every
+# augmentation, and a transpose task a transpose task. So ``flip`` and ``rotate`` can be trained on
+# with full augmentation while ``transpose`` stays a family the model has never seen.
+_FLIPS = ("flipH", "flipV")
+_ROTATIONS = ("rot90", "rot180", "rot270")
+_TRANSPOSES = ("transpose", "antitranspose")
+
+
+def _small_noise_maker(palette, lo: int = 3, hi: int = 8, density=(0.3, 0.8)):
+    def make_input(r):
+        return _noise(r, int(r.integers(lo, hi + 1)), int(r.integers(lo, hi + 1)), palette, r.uniform(*density))
+
+    return make_input
+
+
+def _symmetry_of(names):
+    def family(rng: np.random.Generator) -> Drawn:
+        aug = Augmentation(names[int(rng.integers(len(names)))])
+        palette = _colours(rng, int(rng.integers(2, 5)))
+        return Drawn(aug.grid, _small_noise_maker(palette), {"symmetry": aug.symmetry})
+
+    return family
+
+
+def copy(rng: np.random.Generator) -> Drawn:
+    """The output is the input (sides 3-8): the first lesson, in-context copying."""
+    palette = _colours(rng, int(rng.integers(2, 6)))
+    return Drawn(lambda g: g.copy(), _small_noise_maker(palette), {}, changes=False)
+
+
+def _learnable_colours(train, test):
+    return set(np.unique(test)) <= set(np.unique(np.concatenate([g.ravel() for g in train])))
+
+
+def small_colour_map(rng: np.random.Generator) -> Drawn:
+    """``colour_map`` on sides 3-8."""
+    drawn = colour_map(rng)
+    palette = [int(c) for c in drawn.params["map"]]
+    return Drawn(drawn.rule, _small_noise_maker(palette, density=(0.4, 0.9)), drawn.params, _learnable_colours)
+
+
+def flip_recolour(rng: np.random.Generator) -> Drawn:
+    """A composition of two trained families: a flip or rotation, then a colour map (held out)."""
+    aug = Augmentation((*_FLIPS, *_ROTATIONS)[int(rng.integers(5))])
+    drawn = small_colour_map(rng)
+    return Drawn(lambda g: drawn.rule(aug.grid(g)), drawn.make_input,
+                 {"symmetry": aug.symmetry, **drawn.params}, _learnable_colours)
+
+
+flip = _symmetry_of(_FLIPS)
+flip.__doc__ = "The output is the input flipped left-right or upside down (sides 3-8)."
+rotate = _symmetry_of(_ROTATIONS)
+rotate.__doc__ = "The output is the input rotated by 90, 180 or 270 degrees (sides 3-8)."
+transpose = _symmetry_of(_TRANSPOSES)
+transpose.__doc__ = "The output is the input transposed about either diagonal (sides 3-8; held out)."
+
+EXTRA_FAMILIES: dict[str, Callable[[np.random.Generator], Drawn]] = {
+    "copy": copy, "flip": flip, "rotate": rotate, "small_colour_map": small_colour_map,
+    "transpose": transpose, "flip_recolour": flip_recolour,
+}
+ALL_FAMILIES = {**FAMILIES, **EXTRA_FAMILIES}
+
+
 # --- tasks -------------------------------------------------------------------------------------
 
 def make_task(family: str, rng: np.random.Generator, task_id: str | None = None) -> Task:
     """One task of ``family``: 3-5 train pairs and one test pair (with its output), all under one
     drawn rule. Inputs are drawn until they are distinct, each changes under the rule, and the
     train inputs show what the test input needs; a rule that fails too often is drawn again."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(ALL_FAMILIES)}")
     n_train = int(rng.integers(3, 6))
     for _ in range(_MAX_TRIES):
-        drawn = FAMILIES[family](rng)
+        drawn = ALL_FAMILIES[family](rng)
         inputs: list[Grid] = []
         for _ in range(_MAX_TRIES):
             g = drawn.make_input(rng)
             out = drawn.rule(g)
-            if out.shape == g.shape and np.array_equal(out, g):
+            if drawn.changes and out.shape == g.shape and np.array_equal(out, g):
                 continue  # the rule does nothing to this input: it would teach nothing
             if any(x.shape == g.shape and np.array_equal(x, g) for x in inputs):
                 continue
@@ -393,11 +460,30 @@ def make_task(family: str, rng: np.random.Generator, task_id: str | None = None)
 
 
 def generate(n: int, seed: int = 0, families: list[str] | None = None) -> list[Task]:
-    """``n`` synthetic tasks cycling through ``families`` (default: all). Task ``i`` depends only on
-    ``(seed, i)``; its id is ``syn<seed>-<i>-<family>``."""
+    """``n`` synthetic tasks cycling through ``families`` (default: the twelve of :data:`FAMILIES`;
+    any of :data:`ALL_FAMILIES` by name). Task ``i`` depends only on ``(seed, i)`` and the family
+    list; its id is ``syn<seed>-<i>-<family>``."""
     names = list(families or FAMILIES)
-    unknown = [f for f in names if f not in FAMILIES]
+    unknown = [f for f in names if f not in ALL_FAMILIES]
     if unknown or n < 0:
         raise ValueError(f"unknown families {unknown}" if unknown else f"n must be >= 0, got {n}")
     return [make_task(names[i % len(names)], np.random.default_rng([seed, i]), f"syn{seed}-{i:06d}-{names[i % len(names)]}")
             for i in range(n)]
+
+
+# --- the held-out sets of our own model (fixed before it was trained; weights/README.md) --------
+HELD_OUT: dict[str, str] = {
+    # (a) new instances (another seed) of families the model is trained on
+    "trained": "synthetic:{n}:101:flip+rotate+small_colour_map",
+    # (b) families it never sees in training: a symmetry class no training augmentation reaches, and
+    # a composition of two trained families; here test-time training has to do the learning
+    "unseen": "synthetic:{n}:102:transpose+flip_recolour",
+}
+
+
+def held_out(name: str, n: int) -> list[Task]:
+    """The first ``n`` tasks of held-out set ``name`` (``trained`` or ``unseen``)."""
+    if name not in HELD_OUT:
+        raise ValueError(f"unknown held-out set {name!r}; one of {', '.join(HELD_OUT)}")
+    _, count, seed, families = HELD_OUT[name].format(n=n).split(":")
+    return generate(int(count), seed=int(seed), families=families.split("+"))
