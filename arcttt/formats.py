@@ -823,6 +823,10 @@ def template_chunks(name: str, demos: Sequence[tuple[str, str]], query: str, *, 
     raise FormatError(f"unknown template format {name!r}; known: {', '.join(TEMPLATES)}")
 
 
+GRID_LEN_MARGIN = 4
+"""Tokens a template format's grid may take beyond a grid of zeros of its shape (digits that merge)."""
+
+
 @dataclass(eq=False)
 class TemplateMap:
     """A template format over one tokenizer: what :class:`TokenMap` is to the token formats. Its
@@ -836,6 +840,7 @@ class TemplateMap:
     pad: int
     _grammar: Any = field(default=None, repr=False)
     _overheads: tuple[int, int] | None = field(default=None, repr=False)
+    _grid_lens: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self) -> TemplateSpec:
@@ -895,7 +900,14 @@ class TemplateMap:
     # text), the fixed text around the grids in its own tokens, plus a margin for the tokens that
     # merge across a grid's edge. Upper bounds in practice, exact neither way.
     def grid_len(self, shape: tuple[int, int]) -> int:
-        return len(self.writer.write(np.zeros(shape, dtype=np.uint8)))
+        # the tokens of a grid of zeros of this shape, plus a margin for other digits' merges; measured
+        # once a shape (counting one token a character instead overstates a numpy print about twice,
+        # and a prompt then drops demonstrations that would fit)
+        shape = (int(shape[0]), int(shape[1]))
+        if shape not in self._grid_lens:
+            text = self.writer.write(np.zeros(shape, dtype=np.uint8))
+            self._grid_lens[shape] = min(len(text), len(self.tokenizer.encode(text)) + GRID_LEN_MARGIN)
+        return self._grid_lens[shape]
 
     def overheads(self) -> tuple[int, int]:
         """Tokens a demonstration adds beside its two grids, and the rest of a sequence beside its

@@ -616,7 +616,9 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
     if cfg.time_limit_s is not None:
         cap = time.time() + cfg.time_limit_s
         deadline = cap if deadline is None else min(deadline, cap)
+    rooms = [getattr(v, "answer_room", None) for v in views]  # what the prompts left room for
     results = search_prompts(model, [p for _, p in pairs], tm, threshold=cfg.threshold, greedy=cfg.greedy,
+                             max_new_tokens=max(rooms) if rooms and None not in rooms else None,
                              renormalize=cfg.renormalize, batch=cfg.batch_views, max_batch_tokens=cfg.max_batch_tokens,
                              deadline=deadline, device=device, stats=stats, preallocate=preallocate, keep=keep)
     merged: dict[tuple, Candidate] = {}

@@ -16,7 +16,9 @@ fit is not used; a task where no pair fits gets no TTT (``TrainingData.skipped``
 from __future__ import annotations
 
 import zlib
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -27,6 +29,9 @@ from arcttt.formats import Encoded, TemplateMap, TextTokenizer, TokenMap, answer
 # a duplicate-heavy held-out pair (symmetric grids, few augmentations switched on) is given up
 # after this many duplicates in a row
 _MAX_DUPLICATES_IN_A_ROW = 64
+# a template format's answer of a given shape is measured on a grid of zeros; other digits may merge
+# differently with their neighbours, so the room keeps a few tokens more
+_TEMPLATE_MARGIN = 8
 
 
 @dataclass
@@ -51,9 +56,14 @@ class DataConfig:
     """With ``loss_on_demo_outputs``, the first demonstration output too (NVARC: loss on every output)."""
     seed: int = 0
     """Seed of the random augmentations (combined with the task id)."""
+    answer_room: Literal["evidence", "largest"] = "evidence"
+    """What a test prompt leaves room for (and the search's length cap): ``evidence``, the largest
+    answer the task's own shapes allow (:func:`answer_room`); ``largest``, a 30 x 30 grid."""
 
     def __post_init__(self):
         faults = []
+        if self.answer_room not in ("evidence", "largest"):
+            faults.append(f"answer_room must be evidence or largest, got {self.answer_room!r}")
         if self.n_sequences < 1:
             faults.append(f"n_sequences must be >= 1, got {self.n_sequences}")
         if self.max_len < 8:
@@ -97,6 +107,8 @@ class View:
     prompt: np.ndarray
     n_demos: int
     demos: tuple[int, ...] = ()
+    answer_room: int | None = None
+    """Tokens left for the answer (the search's length cap); None: the format's longest answer."""
 
 
 def _fit(demo_lens: list[int], base: int, max_len: int) -> list[int]:
@@ -204,6 +216,32 @@ def max_answer_len(tm: TokenMap) -> int:
     return grid_len((MAX_SIDE, MAX_SIDE), tm) + len(tm.end)
 
 
+def answer_shape(task: Task, test_index: int) -> tuple[int, int]:
+    """The largest height and width the answer to test input ``test_index`` may have, judged by the
+    task's own evidence: every demonstration output's shape, the test input's shape either way round,
+    and the test input's shape under each demonstration's ratio and difference of sides (output to
+    input), at most 30 x 30. A task whose outputs are larger than any of these is rare; the cost of
+    room for a 30 x 30 answer is demonstrations dropped from every prompt of every task."""
+    h, w = task.test_inputs[test_index].shape
+    shapes = [(h, w), (w, h)]
+    for p in task.train:
+        (ih, iw), (oh, ow) = p.input.shape, p.output.shape
+        shapes += [(oh, ow), (math.ceil(h * oh / ih), math.ceil(w * ow / iw)), (h + oh - ih, w + ow - iw)]
+    return min(MAX_SIDE, max(s[0] for s in shapes)), min(MAX_SIDE, max(s[1] for s in shapes))
+
+
+def answer_room(task: Task, test_index: int, tm: TokenMap) -> int:
+    """Tokens to leave for the answer of test input ``test_index`` (:func:`answer_shape`, in either
+    orientation, since a view may transpose it, plus the end marker), never above the format's
+    longest answer."""
+    h, w = answer_shape(task, test_index)
+    if isinstance(tm, TemplateMap):  # the text's own tokens (grid_len counts characters), with a margin
+        tokens = max(len(answer_ids(np.zeros(s, dtype=np.uint8), tm)) for s in ((h, w), (w, h))) + _TEMPLATE_MARGIN
+    else:
+        tokens = max(grid_len((h, w), tm), grid_len((w, h), tm)) + len(tm.end)
+    return min(max_answer_len(tm), tokens)
+
+
 def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentation], max_len: int,
                  answer_reserve: int | None = None) -> list[View]:
     """The prompts for test input ``test_index`` under each augmentation in ``augs``.
@@ -231,7 +269,7 @@ def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentat
         lens = [_demo_len(task.train[j], aug, demo_markers, tm) for j in shown]
         kept = [shown[k] for k in _fit(lens, base, max_len)]
         demos = [Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in kept]
-        views.append(View(aug, encode(demos, aug.grid(query), tm).ids, len(kept), tuple(kept)))
+        views.append(View(aug, encode(demos, aug.grid(query), tm).ids, len(kept), tuple(kept), reserve))
     return views
 
 
