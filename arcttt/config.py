@@ -106,6 +106,24 @@ def _cpu_smoke() -> RunConfig:
     )
 
 
+def _cpu_tiny() -> RunConfig:
+    # Our own small trained model (weights/arcttt-tiny-syn) on a CPU: real TTT, search and scoring
+    # within its training length (1,024 tokens); each value measured on the held-out synthetic sets
+    # (bench/accuracy.py, weights/README.md).
+    return RunConfig(
+        preset="cpu-tiny",
+        data=DataConfig(n_sequences=32, max_len=1024),
+        model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=1024,
+                          lora=LoraConfig(rank=16, alpha=16)),
+        ttt=TTTConfig(steps=32, lr=1e-3, batch_tokens=4096, optimizer="adamw"),
+        search=SearchConfig(n_augmentations=4, threshold=0.1),
+        select=SelectConfig(n_views=4),
+        budget=BudgetConfig(time_budget_s=300.0, safety_margin_s=15.0, min_task_s=1.0,
+                            max_task_s=120.0, hang_grace_s=30.0),
+        workers=1,
+    )
+
+
 def _nvarc_l4x4() -> RunConfig:
     # NVARC's recipe for their Qwen3-4B checkpoint (1ytic/NVARC; shared/FIELD-NOTES.md), on 4 x L4.
     return RunConfig(
@@ -202,7 +220,7 @@ def _omni_arc() -> RunConfig:
     )
 
 
-PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke,
+PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke, "cpu-tiny": _cpu_tiny,
            "nvarc-l4x4": _nvarc_l4x4,
            "architects-t4x2": lambda: _architects("architects-t4x2", t4=True),
            "architects-l4x4": lambda: _architects("architects-l4x4", t4=False),

@@ -149,19 +149,20 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
     from arcttt.kvcache import PromptCaches
     from arcttt.search import SearchStats, search_session, view_augmentations
     from arcttt.select import choose_attempts, score_session
-    from arcttt.ttt_data import test_prompts
+    from arcttt.ttt_data import answer_room, test_prompts
 
     tm = session.token_map
+    room = answer_room(task, i, tm) if cfg.data.answer_room == "evidence" else None
     stats = SearchStats()
     with phase("search"):
         augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
                                   seed=cfg.select.seed)
-        score_views = test_prompts(task, i, tm, augs, cfg.data.max_len)
+        score_views = test_prompts(task, i, tm, augs, cfg.data.max_len, room)
         # the search keeps the prompt caches of the scoring's prompts it prefills (the identity view's)
         keep = PromptCaches([v.prompt for v in score_views[:cfg.select.n_views]], cfg.select.max_cache_bytes)
         augs = view_augmentations(task, i, cfg.search.n_augmentations, keep_background=cfg.search.keep_background,
                                   seed=cfg.search.seed)
-        views = test_prompts(task, i, tm, augs, cfg.data.max_len)
+        views = test_prompts(task, i, tm, augs, cfg.data.max_len, room)
         candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats, keep=keep)
     select_error = None
     with phase("select"):
@@ -749,15 +750,38 @@ def _stop(pool: dict, grace: float = STOP_RESERVE_S / 2, clock=time.monotonic) -
 
 # --- dry run -------------------------------------------------------------------------------------
 
+def _add_held_out(challenges: Path, solutions: Path, n: int) -> dict[str, list[str]]:
+    """Append ``n`` held-out synthetic tasks (half ``trained``, half ``unseen`` families) to a Kaggle
+    challenges/solutions pair; returns each group's task ids."""
+    from arcttt.synthetic import held_out
+
+    chal, sols = json.loads(challenges.read_text()), json.loads(solutions.read_text())
+    groups = {}
+    for name, count in (("trained", (n + 1) // 2), ("unseen", n // 2)):
+        tasks = held_out(name, count)
+        for t in tasks:
+            chal[t.id] = {"train": [{"input": p.input.tolist(), "output": p.output.tolist()} for p in t.train],
+                          "test": [{"input": g.tolist()} for g in t.test_inputs]}
+            sols[t.id] = [g.tolist() for g in t.test_outputs]
+        groups[f"held-out synthetic, {name} families"] = [t.id for t in tasks]
+    challenges.write_text(json.dumps(chal, separators=(",", ":")))
+    solutions.write_text(json.dumps(sols, separators=(",", ":")))
+    return groups
+
+
 def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10, model: Path | None = None,
             time_budget: float | None = None, config: str | Path | None = None,
             challenges: Path | None = None, solutions: Path | None = None, workers: int | None = None,
-            overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False) -> dict:
+            overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False,
+            synthetic: int = 0) -> dict:
     """Run on tasks with known solutions and score: the bundled ``split`` (first ``tasks`` by id)
-    or given ``challenges``/``solutions`` files. With no model, uses the repository's own small
-    trained model (``weights/arcttt-tiny-syn``; the tiny random model when it is missing) and the
-    ``cpu-smoke`` preset. Writes into ``out``: submission.json, score.json, report.html and
-    the run folder files (tasks/, run.json, config.json, log.txt, timeline.png).
+    or given ``challenges``/``solutions`` files, plus ``synthetic`` held-out synthetic tasks (half
+    of families our model was trained on, half of families it never saw: ``synthetic.HELD_OUT``),
+    each group scored on its own too (``summary["groups"]``). With no model, uses the repository's
+    own small trained model (``weights/arcttt-tiny-syn``, with the ``cpu-tiny`` preset; the tiny
+    random model with ``cpu-smoke`` when it is missing). Writes into ``out``: submission.json,
+    score.json, report.html and the run folder files (tasks/, run.json, config.json, log.txt,
+    timeline.png).
 
     ``out`` is the dry run's own folder: an earlier dry run's records there are replaced (the
     profile and report then show this run's timings), unless ``resume`` reuses those that match.
@@ -772,17 +796,22 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
         (out / "tasks").mkdir(parents=True, exist_ok=True)
         with RunLock(out) as lock:
             how = claim(out, resume=resume, replace_dry_run=True)
+            groups: dict[str, list[str]] = {}
             if challenges is None:
                 challenges, solutions = export_split(split, out / "data", limit=tasks)
+                groups[split] = list(load_solutions(solutions))
+                if synthetic:
+                    groups.update(_add_held_out(challenges, solutions, synthetic))
             if model is None:
                 from arcttt.config import load_config
                 from arcttt.model import SHIPPED_MODEL, make_tiny_model
 
-                config = config or "cpu-smoke"
-                fmt = load_config(config, overrides).model.format or "compact"
+                fmt = load_config(config or "cpu-smoke", overrides).model.format or "compact"
                 if fmt == "compact" and (SHIPPED_MODEL / "config.json").is_file():
                     model = SHIPPED_MODEL  # our own small trained model (weights/README.md)
+                    config = config or "cpu-tiny"
                 else:  # another format asked for, or an installed package without the repository's weights/
+                    config = config or "cpu-smoke"
                     model = out / "tiny-model"
                     if not (model / "config.json").is_file() or not resume:
                         shutil.rmtree(model, ignore_errors=True)
@@ -792,8 +821,13 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
                                    start, how, lock, config=config or "auto", time_budget=time_budget, workers=workers,
                                    overrides=overrides, progress=progress, command="dry-run", solutions=solutions)
             if solutions is not None:
-                result = score_submission(load_submission(out / "submission.json"), load_solutions(solutions))
+                truths = load_solutions(solutions)
+                result = score_submission(load_submission(out / "submission.json"), truths)
                 summary["score"] = result.to_json()
+                if len(groups) > 1:
+                    summary["groups"] = {name: score_submission(load_submission(out / "submission.json"),
+                                                                {k: truths[k] for k in ids}).to_json()
+                                         for name, ids in groups.items()}
                 atomic_write_json(out / "score.json", result.to_json())
             from arcttt.report import write_report
 
