@@ -692,7 +692,7 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
     if summary["finished"]:
         export_model(out, base, wrapped, tm, cfg, dist, {
             "base": str(base), "base_source": _meta_source(base), "steps": cfg.steps, "data": list(data or ["arc-agi-1-train"]),
-            "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude]))})
+            "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude])), "held_out": list(eval)})
         if dist.main:
             (out / "finetune.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **summary}, indent=1))
             if not cfg.keep_checkpoint:

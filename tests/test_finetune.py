@@ -269,3 +269,69 @@ def test_the_shipped_model_is_small_loads_and_was_trained_without_the_evaluation
     assert {"arc-agi-1-eval", "arc-agi-2-eval", "synthetic:500:1"} <= set(meta["excluded"])
     session = load_model(SHIPPED, ModelConfig(backend="hf", dtype="fp32", lora=LoraConfig(rank=4, alpha=8)))
     assert session.n_params > 900_000 and session.token_map == TM
+
+
+def test_synthetic_sources_name_their_families():
+    tasks = load_tasks("synthetic:6:2:copy+transpose")
+    assert [t.id for t in tasks] == ["syn2-000000-copy", "syn2-000001-transpose", "syn2-000002-copy",
+                                     "syn2-000003-transpose", "syn2-000004-copy", "syn2-000005-transpose"]
+    with pytest.raises(ValueError, match="unknown families nope"):
+        load_tasks("synthetic:3:0:copy+nope")
+    with pytest.raises(ValueError, match="synthetic:N:SEED:FAMILY"):
+        load_tasks("synthetic:3::copy")
+
+
+class _Oracle(torch.nn.Module):
+    """Logits that put everything on the true next token of the sequences it was built for, except
+    at ``wrong`` (sample, answer position): there on another token."""
+
+    def __init__(self, samples, wrong=()):
+        super().__init__()
+        self.next = {tuple(s.ids[:-1].tolist()): s.ids[1:] for s in samples}
+        self.wrong = {(k, j) for k, j in wrong}
+        self.samples = samples
+
+    def forward(self, input_ids, position_ids=None, use_cache=False):
+        ids = tuple(input_ids[0, :-1].tolist())
+        k = next(n for n, s in enumerate(self.samples) if tuple(s.ids[:-1].tolist()) == ids)
+        target = np.append(self.samples[k].ids[1:], 0)
+        logits = torch.full((1, len(target), 16), -10.0)
+        logits[0, torch.arange(len(target)), torch.from_numpy(target)] = 10.0
+        for kk, j in self.wrong:
+            if kk == k:
+                t = self.samples[k].prompt_len - 1 + j
+                logits[0, t] = -10.0
+                logits[0, t, (target[t] + 1) % 10] = 10.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_teacher_forced_counts_cells_and_whole_answers():
+    from arcttt.finetune import eval_samples, teacher_forced
+
+    tasks = generate(3, seed=5, families=["copy", "flip", "rotate"])
+    samples = eval_samples(tasks, TM, 1024)
+    assert len(samples) == 3 and all(s.prompt_len < len(s) for s in samples)
+    perfect = teacher_forced(_Oracle(samples), samples, TM, torch.device("cpu"), "x", 7, 100)
+    assert (perfect.cells, perfect.answers, perfect.n, perfect.step, perfect.set) == (1.0, 3, 3, 7, "x")
+    assert perfect.loss < 1e-3
+    # one cell wrong in the second answer: that answer is lost, one cell of all the answers' cells
+    cells = sum(int(np.isin(s.ids[s.prompt_len:], TM.digits).sum()) for s in samples)
+    one_off = teacher_forced(_Oracle(samples, wrong=[(1, 0)]), samples, TM, torch.device("cpu"), "x", 7, 100)
+    assert one_off.answers == 2 and one_off.cells == pytest.approx(1 - 1 / cells)
+    assert "answers 2/3" in one_off.line()
+
+
+def test_eval_sets_are_held_out_and_logged(tiny_model_dir, tmp_path):
+    out = tmp_path / "m"
+    summary = finetune(tiny_model_dir, out, data=["synthetic:20:0:copy+flip"], eval=["synthetic:4:9:copy"],
+                       cfg=_cfg("eval_every=3"), progress=False)
+    assert [e["step"] for e in summary["evals"]] == [0, 3, 6] and {e["n"] for e in summary["evals"]} == {4}
+    log = (out / "finetune.log").read_text()
+    assert "4 held-out --eval tasks (synthetic:4:9:copy) excluded too" in log
+    assert log.count("eval synthetic:4:9:copy step") == 3
+    meta = json.loads((out / "arcttt.json").read_text())
+    assert meta["held_out"] == ["synthetic:4:9:copy"]
+    # a held-out task is also dropped from the training data when it appears there
+    summary = finetune(tiny_model_dir, tmp_path / "n", data=["synthetic:4:9:copy", "synthetic:8:0:copy"],
+                       eval=["synthetic:4:9:copy"], cfg=_cfg(), progress=False)
+    assert summary["tasks"] == 8 and summary["dropped"]["id"] == 4

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from arcttt.augment import D8_NAMES, Augmentation
 from arcttt.data import grid_to_list, parse_task
-from arcttt.synthetic import FAMILIES, components, generate, make_task
+from arcttt.synthetic import EXTRA_FAMILIES, FAMILIES, HELD_OUT, components, generate, held_out, make_task
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -164,3 +164,64 @@ def test_components_are_four_connected_single_colour_objects():
                   [3, 0, 1, 1]], dtype=np.uint8)
     assert [(c, sorted(cells)) for c, cells in components(g)] == [
         (1, [(0, 0), (0, 1), (1, 1)]), (2, [(0, 3), (1, 3)]), (3, [(2, 0)]), (1, [(2, 2), (2, 3)])]
+
+
+# --- the curriculum and held-out families -------------------------------------------------------
+
+def _one_symmetry(pairs, names):
+    return [s for s in names if all(_same(Augmentation(s).grid(i), o) for i, o in pairs)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(EXTRA_FAMILIES)), seeds)
+def test_extra_families_follow_their_rule(family, seed):
+    task = make_task(family, np.random.default_rng(seed), f"t{seed}")
+    pairs = _pairs(task)
+    assert 3 <= len(task.train) <= 5
+    assert all(3 <= side <= 8 for i, _ in pairs for side in i.shape)
+    if family == "copy":
+        assert all(_same(i, o) for i, o in pairs)
+        return
+    assert not any(_same(i, o) for i, o in pairs)
+    if family in ("flip", "rotate", "transpose"):
+        names = {"flip": ("flipH", "flipV"), "rotate": ("rot90", "rot180", "rot270"),
+                 "transpose": ("transpose", "antitranspose")}[family]
+        assert _one_symmetry(pairs, names)
+        return
+    # small_colour_map: one colour map; flip_recolour: one flip or rotation, then one colour map
+    frames = ("id",) if family == "small_colour_map" else ("flipH", "flipV", "rot90", "rot180", "rot270")
+    fits = []
+    for s in frames:
+        mapping, ok = {}, True
+        for i, o in pairs:
+            x = Augmentation(s).grid(i)
+            ok = ok and x.shape == o.shape and all(mapping.setdefault(int(a), int(b)) == int(b)
+                                                   for a, b in zip(x.ravel(), o.ravel()))
+        fits.append(ok and len(set(mapping.values())) == len(mapping) and any(a != b for a, b in mapping.items()))
+    assert any(fits)
+    shown = {int(v) for p in task.train for v in np.unique(p.input)}
+    assert {int(v) for v in np.unique(task.test_inputs[0])} <= shown
+
+
+def test_no_training_augmentation_turns_a_trained_symmetry_into_a_held_out_one():
+    # the held-out transposes stay held out: a whole task under any symmetry g has the rule g.s.g^-1,
+    # which for a flip or a rotation is again a flip or a rotation
+    grid = np.arange(8, dtype=np.uint8).reshape(2, 4)  # distinct cells, not square
+    trained = ("flipH", "flipV", "rot90", "rot180", "rot270")
+    for s in trained:
+        for g in D8_NAMES:
+            conj = Augmentation(g).grid(Augmentation(s).grid(Augmentation(g).invert_grid(grid)))
+            assert any(_same(Augmentation(t).grid(grid), conj) for t in trained), (s, g)
+
+
+def test_held_out_sets_are_fixed_and_apart_from_the_training_stream():
+    trained, unseen = held_out("trained", 6), held_out("unseen", 4)
+    assert [t.id for t in unseen] == ["syn102-000000-transpose", "syn102-000001-flip_recolour",
+                                      "syn102-000002-transpose", "syn102-000003-flip_recolour"]
+    assert [t.id.split("-")[2] for t in trained] == ["flip", "rotate", "small_colour_map"] * 2
+    assert HELD_OUT["trained"].format(n=6) == "synthetic:6:101:flip+rotate+small_colour_map"
+    training = generate(300, seed=0, families=["copy", "flip", "rotate", "small_colour_map"])
+    seen = {(g.shape, g.tobytes()) for t in training for p in t.train for g in (p.input,)}
+    assert not any((t.test_inputs[0].shape, t.test_inputs[0].tobytes()) in seen for t in trained + unseen)
+    with pytest.raises(ValueError, match="unknown held-out set"):
+        held_out("nope", 1)

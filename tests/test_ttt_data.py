@@ -259,3 +259,43 @@ def test_sequence_length_stats(tasks, tm):
     assert stats.n == len(lengths) and stats.max == max(lengths) and stats.median == float(np.median(lengths))
     with pytest.raises(ValueError, match="no tasks"):
         sequence_length_stats([], tm)
+
+
+def _z(h, w):
+    return np.zeros((h, w), dtype=np.uint8)
+
+
+def test_answer_room_by_the_tasks_evidence():
+    from arcttt.data import Task
+    from arcttt.formats import compact_token_map
+
+    tm = compact_token_map()  # rows terminated by a newline, one end token: h x w costs h * (w + 1) + 1
+    # outputs twice the input's sides: the 4 x 5 test input's answer may be 8 x 10
+    doubled = Task("d", (Pair(_z(2, 3), _z(4, 6)), Pair(_z(3, 3), _z(6, 6))), (_z(4, 5),), None)
+    assert ttt_data.answer_shape(doubled, 0) == (8, 10)
+    assert ttt_data.answer_room(doubled, 0, tm) == max(8 * 11, 10 * 9) + 1
+    # a fixed 1 x 1 output beside a 6 x 2 test input: room for the test input either way round
+    fixed = Task("f", (Pair(_z(5, 5), _z(1, 1)), Pair(_z(3, 7), _z(1, 1))), (_z(6, 2),), None)
+    assert ttt_data.answer_shape(fixed, 0) == (6, 6)
+    assert ttt_data.answer_room(fixed, 0, tm) == 6 * 7 + 1
+    # never more than the largest answer
+    big = Task("b", (Pair(_z(10, 10), _z(30, 30)),), (_z(20, 20),), None)
+    assert ttt_data.answer_room(big, 0, tm) == max_answer_len(tm) == 30 * 31 + 1
+
+
+def test_prompts_keep_the_demonstrations_the_evidence_leaves_room_for(arc1_eval):
+    from arcttt.formats import compact_token_map
+
+    tm = compact_token_map()
+    task = next(t for t in arc1_eval if all(p.output.shape == p.input.shape for p in t.train)
+                and max(t.test_inputs[0].shape) <= 12 and len(t.train) >= 3)
+    room = ttt_data.answer_room(task, 0, tm)
+    full = len(encode(task.train, task.test_inputs[0], tm))
+    assert room < max_answer_len(tm)
+    query = len(encode([], task.test_inputs[0], tm))
+    max_len = max(full, query + max_answer_len(tm)) + room  # the query fits beside the largest answer
+    (largest,) = ttt_data.test_prompts(task, 0, tm, [Augmentation()], max_len - room)
+    (evidence,) = ttt_data.test_prompts(task, 0, tm, [Augmentation()], full + room, room)
+    assert largest.n_demos < len(task.train) == evidence.n_demos
+    assert (largest.answer_room, evidence.answer_room) == (max_answer_len(tm), room)
+    assert len(evidence.prompt) + room <= full + room
