@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from arcttt.data import DataFileError
+    from arcttt.data import DataFileError, one_line
 
     parser = build_parser(commands())
     args = vars(parser.parse_args(argv))
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = func(**args)
     except DataFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         rc = 2
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run stops by itself and says so)
         print("stopped by SIGINT", file=sys.stderr)
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # e.g. `arcttt ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         rc = 0
+    except BaseException as e:  # noqa: BLE001 - the Rust panic of a tokenizer is a BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        print(f"error: a tokenizer failed (its own code panicked): {one_line(e)[:300]}", file=sys.stderr)
+        rc = 2
     sys.exit(rc or 0)
 
 
@@ -164,7 +169,9 @@ def data_stats(*, split: str) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from arcttt.data import one_line
+
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return 2
 
 
@@ -349,13 +356,17 @@ def _run_command(call, challenges: Path | None, out: Path) -> int:
         from arcttt.model import ModelLoadError
 
         if isinstance(e, ModelLoadError):
-            print(f"error: {e}; {left()}", file=sys.stderr)
+            from arcttt.data import one_line
+
+            print(f"error: {one_line(e)}; {left()}", file=sys.stderr)
             return 1
         if isinstance(e, ConfigError):
             return _error(str(e))
         raise
     if summary.get("model"):
-        print(f"model: {summary['model']}")
+        from arcttt.data import one_line
+
+        print(f"model: {one_line(summary['model'])}")
     for note in summary.get("notes", []):
         print(f"note: {note}")
     print(_summary_line(summary, out))

@@ -619,6 +619,6 @@ def _token_map(base: Path, format: str | None) -> TokenMap:
             return tm
     if format is None:
         raise ValueError(f"{base} has no {formats.META_FILE}: say which format to train with --format")
-    from transformers import AutoTokenizer
-
-    return formats.token_map_from_tokenizer(format, AutoTokenizer.from_pretrained(str(base), local_files_only=True))
+    # the tokenizers library, as `run` reads it: it cannot run a model folder's own code (an
+    # auto_map in tokenizer_config.json), where transformers' AutoTokenizer would offer to
+    return formats.token_map_from_tokenizer(format, formats.load_tokenizer(base))

@@ -59,7 +59,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     _offline()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    try:  # trust_remote_code=False: a tokenizer_config.json's auto_map is refused, never asked about
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - a bad file raises whatever its parser raises
+        raise WeightsError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def load_causal_lm(path: str | Path) -> PreTrainedModel:
@@ -73,8 +76,8 @@ def load_causal_lm(path: str | Path) -> PreTrainedModel:
     try:
         return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                     use_safetensors=True, **{dtype_kw: "auto"})
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - corrupt weights or config.json raise what their readers raise
+        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def kept_token_ids(tm: TokenMap, tokenizer: PreTrainedTokenizerBase) -> list[int]:
