@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from arcttt import formats, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
-from arcttt.data import SPLITS, Pair, Task, load_challenges, load_solutions, load_split, parse_task, read_json
+from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
+                         parse_task, read_json, shown)
 from arcttt.formats import Encoded, TokenMap
 from arcttt.model import LoraConfig
 from arcttt.ttt import lr_at, make_optimizer
@@ -143,25 +144,32 @@ def load_finetune_config(config: str | Path | None = None, overrides: list[str] 
 
 # --- data ---------------------------------------------------------------------------------------
 
+SYNTHETIC_MAX = 1_000_000
+"""The most tasks ``synthetic:N`` makes (they are made in memory before training starts)."""
+
+
 def load_tasks(spec: str) -> list[Task]:
-    """The tasks of one ``--data``/``--exclude`` source (see the module docstring)."""
+    """The tasks of one ``--data``/``--exclude`` source (see the module docstring). A source that
+    cannot be read, or a task in it that is not one, is a ValueError naming the file (and line)."""
     if spec in SPLITS:
         return load_split(spec)
     if spec.startswith("synthetic:"):
         n, _, seed = spec.removeprefix("synthetic:").partition(":")
         if not n.isdigit() or (seed and not seed.isdigit()):
             raise ValueError(f"data source {spec!r}: write synthetic:N or synthetic:N:SEED")
+        if int(n) > SYNTHETIC_MAX:
+            raise ValueError(f"data source {shown(spec)}: synthetic:N takes at most {SYNTHETIC_MAX:,} tasks")
         return synthetic.generate(int(n), seed=int(seed or 0))
     path = Path(spec)
     if path.is_dir():
-        return [_task_with_outputs(p.stem, read_json(p, "task")) for p in sorted(path.glob("*.json"))]
+        return [_in_file(p, lambda: _task_with_outputs(p.stem, read_json(p, "task"))) for p in sorted(path.glob("*.json"))]
     if path.suffix == ".jsonl":
-        tasks = []
-        for k, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                obj = json.loads(line)
-                tasks.append(_task_with_outputs(str(obj.get("id", f"{path.stem}-{k}")), obj))
-        return tasks
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read ({type(e).__name__})") from None
+        return [_in_file(f"{path}: line {k + 1}", lambda: _jsonl_task(line, f"{path.stem}-{k}"))
+                for k, line in enumerate(lines) if line.strip()]
     if path.is_file():
         solutions_path = path.with_name(path.name.replace("challenges", "solutions"))
         if "challenges" in path.name and solutions_path.is_file():
@@ -173,6 +181,27 @@ def load_tasks(spec: str) -> list[Task]:
             return [_task_with_outputs(path.stem, raw)]
         return [_task_with_outputs(tid, obj) for tid, obj in raw.items()]
     raise ValueError(f"data source {spec!r}: not a split ({', '.join(SPLITS)}), synthetic:N, a file or a folder")
+
+
+def _in_file(where, parse: Callable[[], Task]) -> Task:
+    """``parse()``, its fault a ValueError that starts with ``where`` (a file, or a file's line)."""
+    try:
+        return parse()
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply") from None
+    except (ValueError, DataFileError) as e:
+        message = one_line(e)
+        raise ValueError(message if message.startswith(str(where)) else f"{where}: {message}") from None
+
+
+def _jsonl_task(line: str, default_id: str) -> Task:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a task object (got {type(obj).__name__})")
+    return _task_with_outputs(str(obj.get("id", default_id)), obj)
 
 
 def _raw(task: Task) -> dict:
