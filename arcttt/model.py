@@ -288,7 +288,7 @@ def describe_model_dir(path: str | Path, format: str | None = None) -> str:
         arch = (config.get("architectures") or [config.get("model_type", "?")])[0]
         layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
         parts.append(f"{arch}, {layers} layers x {hidden}" if layers and hidden else arch)
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+    except (OSError, ValueError, AttributeError, IndexError, TypeError, RecursionError):
         config = {}
     n = _count_saved_weights(path)
     if n:
@@ -300,7 +300,7 @@ def describe_model_dir(path: str | Path, format: str | None = None) -> str:
     try:
         meta = json.loads((path / formats.META_FILE).read_text())
         meta = meta if isinstance(meta, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         meta = {}
     name = meta.get("format") or format
     if name:
