@@ -268,7 +268,7 @@ def _role_token(value: Any) -> str | None:
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]})") from None
     return obj if isinstance(obj, dict) else {}
 

@@ -165,3 +165,16 @@ def test_a_jsonl_line_that_is_not_a_task_names_the_file_and_line(line, tmp_path)
 def test_synthetic_n_is_bounded(spec):
     with pytest.raises(ValueError, match=r"synthetic:N takes at most [\d,]+ tasks"):
         load_tasks(spec)
+
+
+@pytest.mark.parametrize("text", ['steps: !!python/object/apply:os.system ["touch {marker}"]\n', "steps: [1,\n  2",
+                                  "a: 1\nsteps: lots\nlr: -1\n"])
+def test_a_hostile_or_broken_yaml_config_is_one_line(text, tiny_model_dir, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    config = tmp_path / "config.yaml"
+    config.write_text("preset: cpu-tiny\n" + text.format(marker=marker))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["finetune", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--config", str(config)])
+    _, err = capsys.readouterr()
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert not marker.exists() and not (tmp_path / "out").exists()
