@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from arcttt.data import DataFileError
+    from arcttt.data import DataFileError, one_line
 
     parser = build_parser(commands())
     args = vars(parser.parse_args(argv))
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = func(**args)
     except DataFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         rc = 2
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run stops by itself and says so)
         print("stopped by SIGINT", file=sys.stderr)
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # e.g. `arcttt ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         rc = 0
+    except BaseException as e:  # noqa: BLE001 - the Rust panic of a tokenizer is a BaseException
+        if type(e).__name__ != "PanicException":
+            raise
+        print(f"error: a tokenizer failed (its own code panicked): {one_line(e)[:300]}", file=sys.stderr)
+        rc = 2
     sys.exit(rc or 0)
 
 
@@ -164,7 +169,9 @@ def data_stats(*, split: str) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from arcttt.data import one_line
+
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return 2
 
 
@@ -356,13 +363,17 @@ def _run_command(call, challenges: Path | None, out: Path) -> int:
         from arcttt.model import ModelLoadError
 
         if isinstance(e, ModelLoadError):
-            print(f"error: {e}; {left()}", file=sys.stderr)
+            from arcttt.data import one_line
+
+            print(f"error: {one_line(e)}; {left()}", file=sys.stderr)
             return 1
         if isinstance(e, ConfigError):
             return _error(str(e))
         raise
     if summary.get("model"):
-        print(f"model: {summary['model']}")
+        from arcttt.data import one_line
+
+        print(f"model: {one_line(summary['model'])}")
     for note in summary.get("notes", []):
         print(f"note: {note}")
     print(_summary_line(summary, out))
@@ -549,7 +560,7 @@ def profile(run_dir: Path | None = None, *, plan: bool = False, challenges: Path
 
 # --- weights ------------------------------------------------------------------------------------
 
-def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "chat"]) -> int:
+def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "chat"], overwrite: bool = False) -> int:
     """Cut a local Hugging Face causal LM's vocabulary down to the tokens of an arcttt format.
 
     Keeps only the input-embedding and output-layer rows of the format's tokens (plus bos/eos/pad),
@@ -559,16 +570,18 @@ def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "cha
 
     Args:
         src: The source model directory.
-        dst: Where to write the shrunk model (created; must differ from SRC).
+        dst: Where to write the shrunk model (a new or empty folder outside SRC).
         format: compact (a vocabulary holding the 16 compact tokens) or chat (ChatML special tokens,
             as in Qwen).
+        overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
+            it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
     from arcttt.formats import FormatError
     from arcttt.weights import WeightsError, shrink_vocab as shrink
 
     try:
-        out = shrink(src, dst, format)
-    except (WeightsError, FormatError) as e:
+        out = shrink(src, dst, format, overwrite=overwrite)
+    except (WeightsError, FormatError, OSError) as e:
         return _error(str(e))
     print(out)
     return 0
@@ -579,7 +592,7 @@ def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "cha
 def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "chat"],
                     quantize: typing.Literal["none", "4bit"] = "none",
                     compute_dtype: typing.Literal["auto", "bf16", "fp16", "fp32"] = "auto",
-                    allow_cpu_quantize: bool = False) -> int:
+                    allow_cpu_quantize: bool = False, overwrite: bool = False) -> int:
     """Make a local Hugging Face model ready to attach on Kaggle: shrink its vocabulary to FORMAT
     (as shrink-vocab), optionally save it pre-quantized to bitsandbytes 4-bit (nf4, double
     quantization) safetensors, and write arcttt.json (format, token ids, source, quantization).
@@ -596,13 +609,16 @@ def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "
         compute_dtype: Compute dtype stored with 4-bit weights (auto: bf16 on a GPU that has it, fp16 on one
             that does not, fp32 on CPU); use fp16 for a model meant for T4s.
         allow_cpu_quantize: Quantize on the CPU when no GPU is visible.
+        overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
+            it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
     from arcttt.formats import FormatError
     from arcttt.weights import WeightsError, prepare_weights as prepare
 
     try:
-        out = prepare(src, dst, format, quantize=quantize, compute_dtype=compute_dtype, allow_cpu=allow_cpu_quantize)
-    except (WeightsError, FormatError) as e:
+        out = prepare(src, dst, format, quantize=quantize, compute_dtype=compute_dtype, allow_cpu=allow_cpu_quantize,
+                      overwrite=overwrite)
+    except (WeightsError, FormatError, OSError) as e:
         return _error(str(e))
     print(out)
     return 0
@@ -645,7 +661,7 @@ def make_tiny_model(out: Path, *, format: typing.Literal["compact", "chat", "nva
 
 def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat", "nvarc", "architects", "mit",
                                                                 "omni-arc"],
-                copy: bool = False) -> int:
+                copy: bool = False, overwrite: bool = False) -> int:
     """Make a ready model directory for a published checkpoint that is already cut (and maybe saved in
     bnb 4-bit) and has no arcttt.json: DST gets every file of SRC linked (or copied) as it is, and
     arcttt.json with the format's token ids in the checkpoint's own tokenizer (every digit and marker
@@ -658,19 +674,21 @@ def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat
         dst: The new directory (must not exist, or be empty).
         format: The format the checkpoint was trained on: nvarc, architects, compact or chat.
         copy: Copy the files instead of linking them.
+        overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
+            it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
     from arcttt.formats import FormatError
     from arcttt.weights import WeightsError, adopt_model as adopt
 
     try:
-        out = adopt(src, dst, format, copy=copy)
+        out = adopt(src, dst, format, copy=copy, overwrite=overwrite)
     except (WeightsError, FormatError, OSError) as e:
         return _error(str(e))
     print(out)
     return 0
 
 
-def convert_weights(src: Path, dst: Path) -> int:
+def convert_weights(src: Path, dst: Path, *, overwrite: bool = False) -> int:
     """Convert a model or PEFT adapter directory with pickled weights (pytorch_model.bin, sharded
     pytorch_model-*.bin with their index, adapter_model.bin) to safetensors, which is all that
     arcttt loads. Tensors are read with torch.load(weights_only=True) only: a file that needs more
@@ -682,11 +700,13 @@ def convert_weights(src: Path, dst: Path) -> int:
     Args:
         src: The directory with .bin weights.
         dst: The new directory (must not exist, or be empty).
+        overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
+            it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
     from arcttt.weights import WeightsError, convert_weights as convert
 
     try:
-        done = convert(src, dst)
+        done = convert(src, dst, overwrite=overwrite)
     except (WeightsError, OSError) as e:
         return _error(str(e))
     for old, new in done["converted"].items():
@@ -701,7 +721,8 @@ def convert_weights(src: Path, dst: Path) -> int:
 
 def finetune(*, model: Path, out: Path, format: str | None = None, data: list[str] | None = None,
              exclude: list[str] | None = None, eval: list[str] | None = None, config: str | None = None,
-             set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
+             set: list[str] | None = None, resume: bool = False, overwrite: bool = False,
+             quiet: bool = False) -> int:
     """Fine-tune a model on many ARC tasks before test-time training, and write a ready model
     directory to OUT (LoRA merged, safetensors, tokenizer, arcttt.json) that `run` and
     `dry-run --model OUT` take as it is.
@@ -727,6 +748,9 @@ def finetune(*, model: Path, out: Path, format: str | None = None, data: list[st
             cpu-tiny) or a JSON/YAML file.
         set: Override one config field, e.g. --set steps=200 --set lora.rank=32 --set mode=lora.
         resume: Continue from OUT/checkpoint (same configuration; losses as if never stopped).
+        overwrite: Replace OUT when it is a model folder arcttt wrote (it holds arcttt.json); without it
+            OUT must be new, empty or (with --resume) this command's unfinished run. The model is
+            written beside OUT and renamed in at the end.
         quiet: No progress bar.
     """
     from arcttt.config import ConfigError
@@ -736,7 +760,7 @@ def finetune(*, model: Path, out: Path, format: str | None = None, data: list[st
     try:
         cfg = load_finetune_config(config, set or [])
         summary = run_finetune(model, out, format=format, data=data or [], exclude=exclude or [],
-                               eval=eval or [], cfg=cfg, resume=resume, progress=not quiet)
+                               eval=eval or [], cfg=cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     except (ConfigError, ValueError, OSError, DataFileError) as e:
         return _error(str(e))
     if not summary["finished"]:

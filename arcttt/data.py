@@ -149,6 +149,14 @@ def show_id(task_id: Any) -> str:
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: Any) -> str:
+    """``text`` as one printable line: control characters (newlines, terminal escapes) become a
+    space, so a message that echoes a file's text (or a library's several-line refusal) stays one
+    line and cannot drive the terminal."""
+    return " ".join(_CONTROL.sub(" ", str(text)).split())
 
 
 class LongInt(str):

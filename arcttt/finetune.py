@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from arcttt import formats, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
-from arcttt.data import SPLITS, Pair, Task, load_challenges, load_solutions, load_split, parse_task, read_json
+from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
+                         parse_task, read_json, shown)
 from arcttt.formats import Encoded, TokenMap
 from arcttt.model import LoraConfig
 from arcttt.ttt import lr_at, make_optimizer
@@ -148,31 +149,39 @@ def load_finetune_config(config: str | Path | None = None, overrides: list[str] 
 
 # --- data ---------------------------------------------------------------------------------------
 
+SYNTHETIC_MAX = 1_000_000
+"""The most tasks ``synthetic:N`` makes (they are made in memory before training starts)."""
+
+
 def load_tasks(spec: str) -> list[Task]:
-    """The tasks of one ``--data``/``--exclude`` source (see the module docstring)."""
+    """The tasks of one ``--data``/``--exclude`` source (see the module docstring). A source that
+    cannot be read, or a task in it that is not one, is a ValueError naming the file (and line)."""
     if spec in SPLITS:
         return load_split(spec)
     if spec.startswith("synthetic:"):
         n, _, rest = spec.removeprefix("synthetic:").partition(":")
         seed, _, families = rest.partition(":")
         if not n.isdigit() or (seed and not seed.isdigit()) or (families and not seed):
-            raise ValueError(f"data source {spec!r}: write synthetic:N, synthetic:N:SEED or synthetic:N:SEED:FAMILY+FAMILY...")
+            raise ValueError(f"data source {shown(spec)}: write synthetic:N, synthetic:N:SEED or "
+                             "synthetic:N:SEED:FAMILY+FAMILY...")
+        if int(n) > SYNTHETIC_MAX:
+            raise ValueError(f"data source {shown(spec)}: synthetic:N takes at most {SYNTHETIC_MAX:,} tasks")
         names = families.split("+") if families else None
         unknown = [f for f in names or () if f not in synthetic.ALL_FAMILIES]
         if unknown:
-            raise ValueError(f"data source {spec!r}: unknown families {', '.join(unknown)}; "
+            raise ValueError(f"data source {shown(spec)}: unknown families {', '.join(unknown)}; "
                              f"known: {', '.join(synthetic.ALL_FAMILIES)}")
         return synthetic.generate(int(n), seed=int(seed or 0), families=names)
     path = Path(spec)
     if path.is_dir():
-        return [_task_with_outputs(p.stem, read_json(p, "task")) for p in sorted(path.glob("*.json"))]
+        return [_in_file(p, lambda: _task_with_outputs(p.stem, read_json(p, "task"))) for p in sorted(path.glob("*.json"))]
     if path.suffix == ".jsonl":
-        tasks = []
-        for k, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                obj = json.loads(line)
-                tasks.append(_task_with_outputs(str(obj.get("id", f"{path.stem}-{k}")), obj))
-        return tasks
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read ({type(e).__name__})") from None
+        return [_in_file(f"{path}: line {k + 1}", lambda: _jsonl_task(line, f"{path.stem}-{k}"))
+                for k, line in enumerate(lines) if line.strip()]
     if path.is_file():
         solutions_path = path.with_name(path.name.replace("challenges", "solutions"))
         if "challenges" in path.name and solutions_path.is_file():
@@ -184,6 +193,27 @@ def load_tasks(spec: str) -> list[Task]:
             return [_task_with_outputs(path.stem, raw)]
         return [_task_with_outputs(tid, obj) for tid, obj in raw.items()]
     raise ValueError(f"data source {spec!r}: not a split ({', '.join(SPLITS)}), synthetic:N, a file or a folder")
+
+
+def _in_file(where, parse: Callable[[], Task]) -> Task:
+    """``parse()``, its fault a ValueError that starts with ``where`` (a file, or a file's line)."""
+    try:
+        return parse()
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply") from None
+    except (ValueError, DataFileError) as e:
+        message = one_line(e)
+        raise ValueError(message if message.startswith(str(where)) else f"{where}: {message}") from None
+
+
+def _jsonl_task(line: str, default_id: str) -> Task:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a task object (got {type(obj).__name__})")
+    return _task_with_outputs(str(obj.get("id", default_id)), obj)
 
 
 def _raw(task: Task) -> dict:
@@ -409,9 +439,45 @@ def _state_options(cfg: FinetuneConfig, **kw):
     return StateDictOptions(full_state_dict=True, ignore_frozen_params=cfg.mode == "lora", **kw)
 
 
+RUN_FILES = ("finetune.log", CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old")
+"""What an unfinished run of finetune leaves in OUT."""
+
+
+def _unfinished_run(out: Path) -> bool:
+    """Whether ``out`` holds only what an unfinished finetune run leaves (:data:`RUN_FILES`)."""
+    return set(os.listdir(out)) <= set(RUN_FILES)
+
+
+def _complete(folder: Path) -> bool:
+    """A checkpoint folder whose last file (state.json, written after the weights and optimizer
+    state) is there and reads."""
+    try:
+        return isinstance(json.loads((folder / "state.json").read_text()), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def find_checkpoint(out: Path, repair: bool = False) -> Path | None:
+    """OUT's checkpoint, wherever a crash in :func:`save_checkpoint` left it: ``checkpoint``, else a
+    complete ``checkpoint.tmp`` (the new one, not yet renamed in), else ``checkpoint.old`` (the old
+    one, renamed aside); None when there is none. ``repair``: put the one found at ``checkpoint``."""
+    folder = out / CHECKPOINT
+    if folder.is_dir():
+        found = folder
+    else:
+        found = next((f for f in (folder.with_name(CHECKPOINT + ".tmp"), folder.with_name(CHECKPOINT + ".old"))
+                      if f.is_dir() and _complete(f)), None)
+    if found is not None and repair and found != folder:
+        found.rename(folder)
+        found = folder
+    return found
+
+
 def save_checkpoint(folder: Path, model, opt, state: dict, cfg: FinetuneConfig, dist: Dist) -> None:
-    """Weights that train, optimizer state and the loop's state, written by the main process to a
-    temporary folder that replaces the old checkpoint at once (a crash leaves the old one whole)."""
+    """Weights that train, optimizer state and the loop's state, written by the main process to
+    ``checkpoint.tmp`` (state.json last), then swapped in: the old one renamed to
+    ``checkpoint.old``, the new one renamed in, the old one removed. A crash at any point leaves a
+    whole checkpoint that :func:`find_checkpoint` finds."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
@@ -425,18 +491,36 @@ def save_checkpoint(folder: Path, model, opt, state: dict, cfg: FinetuneConfig, 
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(optim, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "config": dataclasses.asdict(cfg)}, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
+        aside = folder.with_name(folder.name + ".old")
+        if folder.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
         tmp.rename(folder)
+        shutil.rmtree(aside, ignore_errors=True)
     if dist.world > 1:
         torch.distributed.barrier()
 
 
 def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
-    """Restore weights and optimizer state into every process; returns the loop's state."""
+    """Restore weights and optimizer state into every process; returns the loop's state. A
+    checkpoint that cannot be read, or is not of this run, is a ValueError naming its file."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    state = json.loads((folder / "state.json").read_text())
+    state_file = folder / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{state_file}: cannot read ({type(e).__name__})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{state_file}: not JSON ({e.msg} at line {e.lineno})") from None
+    fields = {"step": int, "cursor": list, "losses": list, "tokens": int, "seconds": (int, float), "config": dict}
+    bad = [k for k, t in fields.items() if not isinstance(state, dict) or not isinstance(state.get(k), t)]
+    if bad:
+        raise ValueError(f"{state_file}: not a finetune checkpoint's state (missing or wrong: {', '.join(bad)})")
+    if not 0 <= state["step"] <= cfg.steps:
+        raise ValueError(f"{state_file}: the checkpoint is at step {state['step']}, outside this run's 0..{cfg.steps} "
+                         "steps")
     saved, now = dict(state["config"]), json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists
     for key in ("stop_at_step", "save_every", "keep_checkpoint", "eval_every"):  # may change between runs
         saved.pop(key, None)
@@ -445,12 +529,20 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise ValueError(f"{folder}: the checkpoint was written under another configuration ({', '.join(changed)})")
     # lora: the checkpoint holds the adapter only (the frozen weights come from the base model)
-    keys = set_model_state_dict(model, load_file(str(folder / "model.safetensors")),
-                                options=_state_options(cfg, strict=cfg.mode == "full"))
+    try:
+        keys = set_model_state_dict(model, load_file(str(folder / "model.safetensors")),
+                                    options=_state_options(cfg, strict=cfg.mode == "full"))
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises what its reader raises
+        raise ValueError(f"{folder / 'model.safetensors'}: cannot restore the weights ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from None
     if keys.unexpected_keys:
         raise ValueError(f"{folder}: the checkpoint holds weights the model lacks: {keys.unexpected_keys[:3]}")
-    set_optimizer_state_dict(model, opt, torch.load(folder / "optimizer.pt", weights_only=True),
-                             options=_state_options(cfg))
+    try:  # weights_only: a pickle that needs more than tensors is refused, never run
+        optim = torch.load(folder / "optimizer.pt", weights_only=True)
+        set_optimizer_state_dict(model, opt, optim, options=_state_options(cfg))
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, a truncated zip, a state of another optimizer
+        raise ValueError(f"{folder / 'optimizer.pt'}: cannot restore the optimizer state ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
     return state
 
 
@@ -635,15 +727,26 @@ def fit(model, opt, tasks: list[Task], tm: TokenMap, cfg: FinetuneConfig, dist: 
 
 def finetune(model: str | Path, out: str | Path, *, format: str | None = None, data: list[str] = (),
              exclude: list[str] = (), eval: list[str] = (), cfg: FinetuneConfig | None = None,
-             resume: bool = False, progress: bool = True) -> dict:
+             resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Fine-tune the model in ``model`` on the tasks of ``data`` (less ``exclude``, ``eval`` and the
     bundled evaluation splits) and write a ready model directory to ``out``; returns a summary.
-    ``eval``'s tasks (held out from training) are scored every ``cfg.eval_every`` steps."""
+    ``eval``'s tasks (held out from training) are scored every ``cfg.eval_every`` steps.
+
+    ``out`` follows :func:`arcttt.weights.check_output_dir` (new or empty; with ``resume`` this
+    command's unfinished run; with ``overwrite`` a model folder arcttt wrote). The checkpoint and
+    finetune.log live in ``out`` while training; the model is written beside it and renamed in."""
+    from arcttt.weights import check_output_dir
+
     cfg = cfg or load_finetune_config()
     base, out = Path(model), Path(out)
     dist = setup_distributed()
     if cfg.batch_rows % dist.world:
         raise ValueError(f"batch_rows ({cfg.batch_rows}) must be a multiple of the processes ({dist.world})")
+    if not resume and find_checkpoint(out) is not None:
+        raise ValueError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
+    check_output_dir(out, base, overwrite=overwrite, unfinished=_unfinished_run)
+    old_model = set(os.listdir(out)) - set(RUN_FILES) if out.is_dir() else set()  # an overwritten model's files
+    tm = _token_map(base, format)  # before anything is written
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     log_file = out / "finetune.log"
@@ -655,7 +758,6 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
             with open(log_file, "a") as f:
                 f.write(line + "\n")
 
-    tm = _token_map(base, format)
     tasks = [t for spec in (data or ["arc-agi-1-train"]) for t in load_tasks(spec)]
     held_out_sets = {spec: load_tasks(spec) for spec in eval}
     held_out_tasks = [t for tasks_ in held_out_sets.values() for t in tasks_]
@@ -672,14 +774,15 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
     wrapped = wrap(net, cfg, dist)
     opt = make_optimizer([p for p in wrapped.parameters() if p.requires_grad], cfg, dist.device)
     state = {"step": 0, "cursor": [0, 0], "losses": [], "tokens": 0, "seconds": 0.0}
-    if resume and (out / CHECKPOINT).is_dir():
+    checkpoint = find_checkpoint(out, repair=dist.main) if resume else None
+    if dist.world > 1:
+        torch.distributed.barrier()  # the main process has put a found checkpoint in its place
+    if checkpoint is not None:
         state = load_checkpoint(out / CHECKPOINT, wrapped, opt, cfg)
         state.pop("config", None)
         log(f"resumed from {out / CHECKPOINT} at step {state['step']}")
     elif resume:
         log(f"--resume: no checkpoint in {out}; starting at step 0")
-    elif (out / CHECKPOINT).is_dir():
-        raise ValueError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     log(f"training {cfg.mode} ({n_trainable:,} weights) on {dist.world} process(es), {dist.device}; "
         f"{cfg.steps} steps of {cfg.batch_rows} rows x {cfg.seq_len} tokens")
@@ -690,13 +793,19 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
                "tokens_per_s": state["tokens"] / max(state["seconds"], 1e-9), "tasks": len(tasks),
                "dropped": dropped, "finished": state["step"] == cfg.steps}
     if summary["finished"]:
-        export_model(out, base, wrapped, tm, cfg, dist, {
-            "base": str(base), "base_source": _meta_source(base), "steps": cfg.steps, "data": list(data or ["arc-agi-1-train"]),
-            "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude])), "held_out": list(eval)})
-        if dist.main:
-            (out / "finetune.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **summary}, indent=1))
-            if not cfg.keep_checkpoint:
-                shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+        from arcttt.weights import writing_dir
+
+        def carried(name: str) -> bool:  # what this run wrote into OUT goes over; the checkpoint if kept
+            return name not in old_model and (cfg.keep_checkpoint or not name.startswith(CHECKPOINT))
+
+        # written beside OUT and renamed in: a failure here leaves OUT as it was (checkpoint and all)
+        with writing_dir(out, carried) if dist.main else contextlib.nullcontext(out) as folder:
+            export_model(folder, base, wrapped, tm, cfg, dist, {
+                "base": str(base), "base_source": _meta_source(base), "steps": cfg.steps,
+                "data": list(data or ["arc-agi-1-train"]), "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude])),
+                "held_out": list(eval)})
+            if dist.main:
+                (folder / "finetune.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), **summary}, indent=1))
         log(f"wrote {out}: final loss {state['losses'][-1]:.4f}, {summary['tokens_per_s']:.0f} tok/s")
     if dist.world > 1:
         torch.distributed.barrier()
@@ -713,6 +822,6 @@ def _token_map(base: Path, format: str | None) -> TokenMap:
             return tm
     if format is None:
         raise ValueError(f"{base} has no {formats.META_FILE}: say which format to train with --format")
-    from transformers import AutoTokenizer
-
-    return formats.token_map_from_tokenizer(format, AutoTokenizer.from_pretrained(str(base), local_files_only=True))
+    # the tokenizers library, as `run` reads it: it cannot run a model folder's own code (an
+    # auto_map in tokenizer_config.json), where transformers' AutoTokenizer would offer to
+    return formats.token_map_from_tokenizer(format, formats.load_tokenizer(base))

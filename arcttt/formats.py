@@ -187,10 +187,21 @@ class TokenMap:
 
     @classmethod
     def from_json(cls, obj: dict) -> TokenMap:
+        if not isinstance(obj, dict):
+            raise FormatError(f"token map is not an object (got {type(obj).__name__})")
+
+        def ids(name: str) -> tuple[int, ...]:
+            value = obj[name]
+            value = [value] if name in ("newline", "pad") else value
+            if not isinstance(value, list) or not all(type(i) is int and i >= 0 for i in value):
+                raise FormatError(f"token map field {name} must hold token ids (integers >= 0), got "
+                                  f"{str(value)[:60]}")
+            return tuple(value)
+
         try:
-            return cls(format=obj["format"], digits=tuple(obj["digits"]), newline=int(obj["newline"]),
-                       bos=tuple(obj["bos"]), input=tuple(obj["input"]), output=tuple(obj["output"]),
-                       end=tuple(obj["end"]), pad=int(obj["pad"]), rows=obj.get("rows", "terminated"))
+            return cls(format=obj["format"], digits=ids("digits"), newline=ids("newline")[0], bos=ids("bos"),
+                       input=ids("input"), output=ids("output"), end=ids("end"), pad=ids("pad")[0],
+                       rows=obj.get("rows", "terminated"))
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, FormatError):
                 raise
@@ -257,7 +268,7 @@ def _role_token(value: Any) -> str | None:
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]})") from None
     return obj if isinstance(obj, dict) else {}
 
@@ -702,17 +713,26 @@ def read_model_meta(model_dir: str | Path) -> tuple[TokenMap, dict]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: not JSON ({getattr(e, 'msg', e)})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: not usable JSON (nested too deeply)") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         raise FormatError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
                           f"known: {', '.join(FORMATS)}")
+    recorded = meta.get("token_map", {})
+    if not isinstance(recorded, dict):
+        raise FormatError(f"{path}: token_map is not an object (got {type(recorded).__name__})")
     if meta["format"] in TEMPLATES:  # a template format's ids come from the directory's own tokenizer
         tm = template_map(meta["format"], load_tokenizer(model_dir))
-        recorded = meta.get("token_map", {})
         for name, value in tm.to_json().items():
             if recorded.get(name, value) != value:
                 raise FormatError(f"{name} is {recorded.get(name)} in {META_FILE} but {value} in tokenizer.json")
         return tm, meta
-    return TokenMap.from_json(meta.get("token_map", {})), meta
+    try:
+        return TokenMap.from_json(recorded), meta
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
 
 
 # --- template formats: text grids in the model's own chat template ---------------------------------

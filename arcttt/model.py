@@ -288,7 +288,7 @@ def describe_model_dir(path: str | Path, format: str | None = None) -> str:
         arch = (config.get("architectures") or [config.get("model_type", "?")])[0]
         layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
         parts.append(f"{arch}, {layers} layers x {hidden}" if layers and hidden else arch)
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+    except (OSError, ValueError, AttributeError, IndexError, TypeError, RecursionError):
         config = {}
     n = _count_saved_weights(path)
     if n:
@@ -300,7 +300,7 @@ def describe_model_dir(path: str | Path, format: str | None = None) -> str:
     try:
         meta = json.loads((path / formats.META_FILE).read_text())
         meta = meta if isinstance(meta, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         meta = {}
     name = meta.get("format") or format
     if name:
@@ -494,7 +494,13 @@ def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
     if not unsloth:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True, local_files_only=True)
+        try:
+            model = PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - the adapter's fault, not the base model's: name the adapter
+            raise ModelLoadError(f"adapter {cfg.adapter}: cannot attach it ({type(e).__name__}: "
+                                 f"{str(e)[:300]})") from None
+        check_adapter_fits(model, cfg.adapter)  # peft only warns about keys that fit nothing
+        return model
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "use_dora") if saved.get(k)]
     if saved.get("bias", "none") != "none":
         unsupported.append(f"bias={saved['bias']}")
@@ -510,13 +516,45 @@ def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
         lora_alpha=saved["lora_alpha"], lora_dropout=saved.get("lora_dropout", 0.0), bias="none",
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, random_state=0,
         use_rslora=saved.get("use_rslora", False), max_seq_length=cfg.max_seq_len)
-    weights = load_file(str(Path(cfg.adapter) / "adapter_model.safetensors"))
+    weights = _adapter_weights(cfg.adapter, load_file)
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
     if result.unexpected_keys or missing:
-        raise ModelLoadError(f"adapter {cfg.adapter}: its weights do not fit the model (not in the model: "
-                             f"{result.unexpected_keys[:3]}, not in the adapter: {missing[:3]})")
+        first = (f"{result.unexpected_keys[0]!r} is not a LoRA weight of the model" if result.unexpected_keys
+                 else f"the model's {missing[0]!r} is not in the adapter")
+        raise ModelLoadError(f"adapter {cfg.adapter}: its weights do not fit the model ({first}; "
+                             f"{len(result.unexpected_keys)} extra, {len(missing)} missing)")
     return model
+
+
+def _adapter_weights(adapter: str | Path, read):
+    """``read`` (``load_file`` or a key lister) of the adapter's safetensors, a fault naming the file."""
+    path = Path(adapter) / "adapter_model.safetensors"
+    try:
+        return read(str(path))
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises what safetensors raises
+        raise ModelLoadError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def check_adapter_fits(model, adapter: str | Path) -> None:
+    """A :class:`ModelLoadError` naming the adapter folder and the first extra or missing key unless
+    every tensor of the saved adapter is a LoRA (or fully trained) weight of ``model`` (a PEFT
+    model with that adapter's config) and every such weight is in the adapter."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    def keys(path: str) -> set[str]:
+        with safe_open(path, "pt") as f:
+            return set(f.keys())
+
+    saved = _adapter_weights(adapter, keys)
+    wanted = set(get_peft_model_state_dict(model))
+    extra, missing = sorted(saved - wanted), sorted(wanted - saved)
+    if extra or missing:
+        first = f"{extra[0]!r} is not a LoRA weight of the model" if extra else \
+            f"the model's {missing[0]!r} is not in the adapter"
+        raise ModelLoadError(f"adapter {adapter}: its weights do not fit the model ({first}; {len(extra)} extra, "
+                             f"{len(missing)} missing)")
 
 
 def _keep_bnb_cpu_layout(model) -> int:

@@ -281,7 +281,10 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
         try:
             _act_out_fault(cfg.inject_faults.get(task.id))
             result = solve_task(session, task, cfg, deadlines, wid)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # SystemExit from the SIGTERM handler, KeyboardInterrupt
+            # the task fails; the worker and its loaded model go on (a crash would reload it per task)
             log.error("task %s failed on worker %d: %s\n%s", show_id(task.id), wid, shown(str(e), 300),
                       traceback.format_exc())
             result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
@@ -345,6 +348,12 @@ def _act_out_fault(fault: str | None) -> None:
             time.sleep(3600)
     if fault == "raise":
         raise RuntimeError("injected fault")
+    if fault == "panic":  # a real one: a pre-tokenizer regex past Oniguruma's retry limit
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("((a+)+)+c"), behavior="isolated")
+        tok.encode("a" * 30000 + "!")
 
 
 def _log_to(path: Path, name: str) -> logging.Handler:

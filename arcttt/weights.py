@@ -15,10 +15,11 @@ after the offline switches are set.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from arcttt.formats import FORMATS, TEMPLATE_FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
+from arcttt.formats import FORMATS, META_FILE, TEMPLATE_FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -54,12 +55,93 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+# --- the one rule for every command that writes a model folder -----------------------------------
+
+def written_by_arcttt(folder: Path) -> bool:
+    """Whether ``folder`` holds an ``arcttt.json`` of ours (a format and a token map)."""
+    import json
+
+    try:
+        meta = json.loads((Path(folder) / META_FILE).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("format"), str) and isinstance(meta.get("token_map"), dict)
+
+
+def check_output_dir(dst: str | Path, src: str | Path, *, overwrite: bool = False,
+                     unfinished: Callable[[Path], bool] | None = None) -> Path:
+    """``dst`` as a Path if a command may write the model folder made from ``src`` there, else a
+    :class:`WeightsError`: DST must not be SRC, inside it, above it or a link, and must be new or
+    empty, unless ``overwrite`` and DST is a model folder arcttt wrote (:func:`written_by_arcttt`),
+    or ``unfinished(dst)`` says it is the command's own unfinished run (finetune's checkpoint).
+    Used by finetune, shrink-vocab, prepare-weights, adopt-model and convert-weights."""
+    dst, src = Path(dst), Path(src)
+    if dst.is_symlink():
+        raise WeightsError(f"destination {dst} is a link; give a real folder")
+    if dst.exists() and not dst.is_dir():
+        raise WeightsError(f"destination {dst} exists and is not a folder")
+    d, s = dst.resolve(), src.resolve()
+    if d == s or s in d.parents:
+        raise WeightsError(f"destination {dst} is the source {src} or inside it; nothing is ever written into the source")
+    if d in s.parents:
+        raise WeightsError(f"destination {dst} holds the source {src}; give a folder outside it")
+    if dst.exists() and any(dst.iterdir()) and not (unfinished and unfinished(dst)):
+        if not overwrite:
+            raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one (or --overwrite, "
+                               "to replace a model folder arcttt wrote)")
+        if not written_by_arcttt(dst):
+            raise WeightsError(f"destination {dst} was not written by arcttt (no {META_FILE} of ours): "
+                               "--overwrite replaces only arcttt's own model folders")
+    return dst
+
+
+def replace_dir(new: Path, dst: Path, keep: Callable[[str], bool] | None = None) -> None:
+    """Put the finished folder ``new`` (a sibling of ``dst``) at ``dst``: an old ``dst`` is renamed
+    aside first and removed once ``new`` is in, so ``dst`` is at every moment the old or the new.
+    The old folder's entries that ``keep`` names (and ``new`` lacks) are moved into the new one."""
+    import shutil
+    import uuid
+
+    if not dst.exists():
+        new.rename(dst)
+        return
+    aside = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+    dst.rename(aside)
+    new.rename(dst)
+    for path in sorted(aside.iterdir()) if keep else ():
+        if keep(path.name) and not (dst / path.name).exists():
+            path.rename(dst / path.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing_dir(dst: Path, keep: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """A new temporary sibling of ``dst`` to write a model folder into: renamed to ``dst`` at the
+    end (:func:`replace_dir`, which moves the entries ``keep`` names over), removed on any failure,
+    so a failure leaves ``dst`` as it was."""
+    import shutil
+    import uuid
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.writing-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, dst, keep)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of a local model directory (offline)."""
     _offline()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    try:  # trust_remote_code=False: a tokenizer_config.json's auto_map is refused, never asked about
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - a bad file raises whatever its parser raises
+        raise WeightsError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def load_causal_lm(path: str | Path) -> PreTrainedModel:
@@ -73,8 +155,8 @@ def load_causal_lm(path: str | Path) -> PreTrainedModel:
     try:
         return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                     use_safetensors=True, **{dtype_kw: "auto"})
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - corrupt weights or config.json raise what their readers raise
+        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def kept_token_ids(tm: TokenMap, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -174,14 +256,21 @@ def check_cuttable(format_name: str) -> None:
         raise FormatError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
 
 
-def shrink_vocab(src: Path, dst: Path, format_name: str) -> Path:
+def shrink_vocab(src: Path, dst: Path, format_name: str, *, overwrite: bool = False) -> Path:
     """Write to ``dst`` the model of ``src`` cut down to the tokens of ``format_name`` (see the
-    module docstring); returns ``dst``. Raises :class:`WeightsError` for a missing directory or a
-    non-model, :class:`FormatError` when the tokenizer does not speak the format."""
+    module docstring); returns ``dst``. ``dst`` follows :func:`check_output_dir` and is written
+    through a temporary sibling. Raises :class:`WeightsError` for a missing directory, a non-model
+    or a destination that may not be written, :class:`FormatError` when the tokenizer does not
+    speak the format."""
     check_cuttable(format_name)
-    src, dst = check_model_dir(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise WeightsError(f"shrink-vocab would overwrite its source {src}; give another destination")
+    src = check_model_dir(src)
+    dst = check_output_dir(dst, src, overwrite=overwrite)
+    with writing_dir(dst) as tmp:
+        _shrink_into(src, tmp, format_name)
+    return dst
+
+
+def _shrink_into(src: Path, dst: Path, format_name: str) -> None:
     tokenizer = load_tokenizer(src)
     tm = token_map_from_tokenizer(format_name, tokenizer)
     keep = kept_token_ids(tm, tokenizer)
@@ -198,11 +287,9 @@ def shrink_vocab(src: Path, dst: Path, format_name: str) -> Path:
         raise FormatError(f"{src}: the shrunk tokenizer encodes the {format_name} format differently "
                           f"({check} vs {new_tm}); the source tokenizer spells its tokens unusually")
 
-    dst.mkdir(parents=True, exist_ok=True)
     _save_model(model, dst)
     new_tokenizer.save_pretrained(dst)
     write_model_meta(dst, new_tm, source=str(src), source_vocab_size=vocab_rows, kept_source_ids=keep)
-    return dst
 
 
 def _save_model(model: PreTrainedModel, dst: Path) -> None:
@@ -315,39 +402,40 @@ def quantize_4bit(src: Path, dst: Path, device: str, compute_dtype: str = "auto"
 
 
 def prepare_weights(src: str | Path, dst: str | Path, format_name: str, *, quantize: str = "none",
-                    compute_dtype: str = "auto", allow_cpu: bool = False) -> Path:
+                    compute_dtype: str = "auto", allow_cpu: bool = False, overwrite: bool = False) -> Path:
     """Make ``dst`` ready for the pipeline from the local Hugging Face model ``src``; returns ``dst``.
 
     The vocabulary is cut to ``format_name`` (:func:`shrink_vocab`); with ``quantize="4bit"`` the
     weights are saved as bitsandbytes 4-bit safetensors (:func:`quantize_4bit`): about a quarter of
     the size to attach on Kaggle, and nothing to quantize at every start. ``arcttt.json`` records the
     format, the token map, the source and ``quantization`` (None when not quantized). Quantizing
-    needs a CUDA GPU unless ``allow_cpu``. ``dst`` must not exist or be empty. Raises
+    needs a CUDA GPU unless ``allow_cpu``. ``dst`` follows :func:`check_output_dir` (new or empty,
+    or ``overwrite`` of a folder arcttt wrote) and is written through a temporary sibling. Raises
     :class:`WeightsError` or :class:`FormatError` naming the fault.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise WeightsError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     check_cuttable(format_name)  # before the long load
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
+    src = check_model_dir(src)
+    dst = check_output_dir(dst, src, overwrite=overwrite)
     device = quantize_device(allow_cpu) if quantize == "4bit" else None  # fail before the long shrink
-    if device is None:
-        shrink_vocab(src, dst, format_name)
-        _update_model_meta(dst, quantization=None, prepared_by="arcttt prepare-weights")
-        return dst
-    import tempfile
+    with writing_dir(dst) as tmp:
+        if device is None:
+            _shrink_into(src, tmp, format_name)
+            _update_model_meta(tmp, quantization=None, prepared_by="arcttt prepare-weights")
+        else:
+            import tempfile
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    # the shrunk full-precision copy is only a step; beside dst so that it is on the same disk
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
-        shrunk = shrink_vocab(src, Path(tmp) / "shrunk", format_name)
-        quantize_4bit(shrunk, dst, device, compute_dtype)
-    _update_model_meta(dst, prepared_by="arcttt prepare-weights")
+            # the shrunk full-precision copy is only a step; beside dst so that it is on the same disk
+            with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.shrunk.") as shrunk:
+                _shrink_into(src, Path(shrunk), format_name)
+                quantize_4bit(Path(shrunk), tmp, device, compute_dtype)
+            _update_model_meta(tmp, prepared_by="arcttt prepare-weights")
     return dst
 
 
-def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: bool = False) -> Path:
+def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: bool = False,
+                overwrite: bool = False) -> Path:
     """Make ``dst`` a ready model directory for an already-cut (or pre-quantized) checkpoint ``src``
     that has no ``arcttt.json``: every file of ``src`` linked (or copied) into ``dst``, as it is (no
     cutting, no quantizing), and ``arcttt.json`` written there with the format's ids in the
@@ -356,26 +444,23 @@ def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: boo
     """
     import shutil
 
-    from arcttt.formats import META_FILE, load_tokenizer
+    from arcttt.formats import load_tokenizer
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir() or not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
         raise WeightsError(f"{src} is not a model directory with config.json and *.safetensors weights")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
-    if dst.resolve() == src.resolve():
-        raise WeightsError("destination and source are the same folder; nothing is ever written into the source")
+    dst = check_output_dir(dst, src, overwrite=overwrite)
     tm = token_map_from_tokenizer(format_name, load_tokenizer(src))  # fails before anything is written
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.iterdir()):
-        if path.name == META_FILE or not path.is_file():
-            continue
-        if copy:
-            shutil.copy2(path, dst / path.name)
-        else:
-            (dst / path.name).symlink_to(path.resolve())
-    write_model_meta(dst, tm, source=str(src.resolve()), adopted_by="arcttt adopt-model",
-                     files="copied" if copy else "linked")
+    with writing_dir(dst) as tmp:
+        for path in sorted(src.iterdir()):
+            if path.name == META_FILE or not path.is_file():
+                continue
+            if copy:
+                shutil.copy2(path, tmp / path.name)
+            else:
+                (tmp / path.name).symlink_to(path.resolve())
+        write_model_meta(tmp, tm, source=str(src.resolve()), adopted_by="arcttt adopt-model",
+                         files="copied" if copy else "linked")
     return dst
 
 
@@ -399,7 +484,7 @@ def read_bin_tensors(path: Path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: needs more than tensors to unpickle, refused "
                            f"(weights_only: {first[:200]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - a file that is not torch weights (text: KeyError) raises anything
         raise WeightsError(f"{path}: cannot read as torch weights ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
@@ -425,20 +510,44 @@ def _bin_files(src: Path) -> dict[str, list[str]]:
     ``pytorch_model.bin.index.json`` lists them when there is one) and ``adapter`` (adapter_model.bin)."""
     import json
 
+    from arcttt.data import shown
+
     index = src / "pytorch_model.bin.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{index}: cannot read its weight_map ({type(e).__name__}: {e})") from None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise WeightsError(f"{index}: cannot read its weight_map ({type(e).__name__}: {shown(str(e))})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise WeightsError(f"{index}: weight_map is not an object of tensor names to shard file names")
         model = sorted(set(weight_map.values()))
+        for name in model:
+            _check_shard_name(src, name, index)
         missing = [n for n in model if not (src / n).is_file()]
         if missing:
-            raise WeightsError(f"{index} names shards that are not there: {', '.join(missing)}")
+            raise WeightsError(f"{index} names shards that are not there: {', '.join(map(shown, missing))}")
     else:
         model = sorted(p.name for p in src.glob("pytorch_model*.bin"))
     adapter = ["adapter_model.bin"] if (src / "adapter_model.bin").is_file() else []
+    for name in [*model, *adapter]:
+        _check_shard_name(src, name, src)
     return {"model": model, "adapter": adapter}
+
+
+def _check_shard_name(src: Path, name: str, where: Path) -> None:
+    """A :class:`WeightsError` unless ``name`` is a plain ``.bin`` file name of a file in ``src``
+    (no separator, no ``..``, not absolute, not a link out of ``src``): a shard index must not make
+    convert-weights read, or write, anywhere else."""
+    from arcttt.data import shown
+
+    plain = (name and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+             and Path(name).name == name and name.endswith(".bin"))
+    if not plain:
+        raise WeightsError(f"{where}: shard {shown(name)} is not a plain .bin file name inside {src}")
+    path = src / name
+    if path.is_symlink() and src.resolve() not in path.resolve().parents:
+        raise WeightsError(f"{where}: shard {shown(name)} is a link out of {src} (copy the folder with `cp -rL` "
+                           "first if that is meant)")
 
 
 def _safetensors_name(bin_name: str) -> str:
@@ -447,7 +556,7 @@ def _safetensors_name(bin_name: str) -> str:
     return ("model" + stem.removeprefix("pytorch_model") if stem.startswith("pytorch_model") else stem) + ".safetensors"
 
 
-def convert_weights(src: str | Path, dst: str | Path) -> dict:
+def convert_weights(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
     """Write to ``dst`` the model or adapter directory ``src`` with its pickled weights as safetensors.
 
     ``pytorch_model.bin`` becomes ``model.safetensors``; shards ``pytorch_model-0000i-of-0000n.bin``
@@ -455,23 +564,19 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict:
     a PEFT ``adapter_model.bin`` becomes ``adapter_model.safetensors``. Every tensor is read with
     ``torch.load(weights_only=True)`` only (:func:`read_bin_tensors`); shared tensors are cloned.
     Every other file and folder is copied as it is, except pickles (``.bin``, ``.pt``, ...), which
-    are left out (those at the top level listed in the result). ``dst`` must be new or empty and
-    not inside ``src``; nothing is written into ``src``, and nothing into ``dst`` unless every file
-    converts. Returns what was done.
+    are left out (those at the top level listed in the result). Shard names must be plain file names
+    in ``src``. ``dst`` follows :func:`check_output_dir`; nothing is written into ``src``, and
+    nothing into ``dst`` unless every file converts. Returns what was done.
     """
     import json
     import shutil
-    import tempfile
 
     from safetensors.torch import save_file
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise WeightsError(f"source {src} is not a directory")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise WeightsError(f"destination {dst} exists and is not an empty folder; give a new one")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise WeightsError(f"destination {dst} is {src} or inside it; nothing is ever written into the source")
+    dst = check_output_dir(dst, src, overwrite=overwrite)
     bins = _bin_files(src)
     if not bins["model"] and not bins["adapter"]:
         raise WeightsError(f"{src} has no pytorch_model*.bin or adapter_model.bin to convert")
@@ -482,9 +587,7 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict:
     if clash:
         raise WeightsError(f"{src} already has {', '.join(clash)}; nothing to convert")
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.converting."))
-    try:
+    with writing_dir(dst) as tmp:
         weight_map: dict[str, str] = {}
         total = 0
         for name in [*bins["model"], *bins["adapter"]]:
@@ -509,11 +612,5 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict:
                 shutil.copytree(path, tmp / path.name, ignore=pickles)
             else:
                 shutil.copy2(path, tmp / path.name)
-        if dst.exists():
-            dst.rmdir()
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"dst": str(dst), "converted": {n: _safetensors_name(n) for names in bins.values() for n in names},
             "left_out": left_out}
