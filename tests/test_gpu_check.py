@@ -1,0 +1,120 @@
+"""What bench/gpu_check.sh runs, checked on CPU where a GPU run found it broken (issue 21):
+
+- ``bench/ttt_speed.py`` on a model in the ``nvarc`` format, whose token map has no BOS;
+- unsloth imported before transformers whenever the backend is unsloth: in ``ttt_speed.py`` and in
+  the pipeline's worker process (``pipeline._worker_main``), else unsloth patches too late;
+- the GPU tests' figures judged by the same function on CPU (``test_gpu.check_figures``).
+
+The whole rehearsal of every step is tests/test_gpu_rehearsal.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+needs_unsloth = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth is not installed")
+
+# a sitecustomize that writes down, in order, the first import of each library unsloth patches
+RECORDER = '''
+import os, sys
+
+class _FirstImports:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("transformers", "peft", "trl", "unsloth"):
+            with open(os.environ["ARCTTT_IMPORT_ORDER"], "a") as f:
+                f.write(name + "\\n")
+        return None
+
+sys.meta_path.insert(0, _FirstImports())
+'''
+
+
+def ttt_speed():
+    spec = importlib.util.spec_from_file_location("ttt_speed", REPO / "bench" / "ttt_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ttt_speed_trains_a_model_in_the_nvarc_format(tmp_path):
+    """The format gpu_check.sh builds: no BOS in its token map (the old code indexed tm.bos[0])."""
+    from arcttt import formats
+
+    assert formats.token_map_from_tokenizer("nvarc", formats.build_tokenizer("nvarc")).bos == ()
+    out = ttt_speed().main(["--shape", "qwen3-mini", "--format", "nvarc", "--keep-model", str(tmp_path / "m"),
+                            "--backend", "hf", "--dtype", "fp32", "--seq-len", "48", "--steps", "2", "--warmup", "0",
+                            "--rank", "8", "--train-embeddings", "--peak-tflops", "1", "--measured-tflops", "0.5",
+                            "--out", str(tmp_path / "ttt.json")])
+    assert json.loads((tmp_path / "m" / "arcttt.json").read_text())["format"] == "nvarc"
+    assert out["steps"] == 2 and out["stopped"] == "done" and out["tokens_per_s"] > 0, out
+    assert out["n_layers"] == 2 and out["hidden"] == 64, out
+    # MFU against the datasheet peak and against the measured one: twice as large on half the peak
+    assert out["mfu_measured_peak"] == pytest.approx(2 * out["mfu"], rel=0.02, abs=2e-4), out
+    assert json.loads((tmp_path / "ttt.json").read_text()) == out
+
+
+def test_synthetic_sequences_keep_a_bos_where_the_format_has_one():
+    from arcttt import formats
+
+    bench = ttt_speed()
+    for name in ("compact", "nvarc"):
+        tm = formats.token_map_from_tokenizer(name, formats.build_tokenizer(name))
+        for seq in bench.synthetic_sequences(2, 16, tm):
+            assert tuple(seq.ids[:len(tm.bos)]) == tuple(tm.bos)
+            assert set(seq.ids[len(tm.bos):]) <= {*tm.digits, tm.newline}
+
+
+def first_imports(tmp_path: Path, code: str) -> list[str]:
+    """The libraries unsloth patches, in the order a fresh interpreter running ``code`` first imported them."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(RECORDER)
+    order = tmp_path / "order.txt"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), str(REPO)]),
+                        "ARCTTT_IMPORT_ORDER": str(order), "UNSLOTH_DISABLE_STATISTICS": "1",
+                        "UNSLOTH_COMPILE_LOCATION": str(tmp_path / "unsloth_compiled_cache"), "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return order.read_text().split() if order.exists() else []
+
+
+@needs_unsloth
+def test_ttt_speed_imports_unsloth_first(tmp_path):
+    code = (f"import sys; sys.argv = ['ttt_speed.py', '--backend', 'unsloth', '--steps', '0']; "
+            f"import runpy; runpy.run_path({str(REPO / 'bench' / 'ttt_speed.py')!r}, run_name='__main__')")
+    order = first_imports(tmp_path, code)
+    assert order and order[0] == "unsloth", order
+
+
+@needs_unsloth
+def test_the_pipeline_worker_imports_unsloth_first(tmp_path):
+    """``_worker_main`` in a fresh interpreter, as a spawned worker runs it, on the tiny model: it
+    loads with unsloth (on CPU, its fallback), says ready, and stops when told to."""
+    from arcttt.config import load_config
+    from arcttt.model import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    (tmp_path / "cfg.json").write_text(json.dumps(load_config("cpu-smoke", ["model.backend=unsloth"]).to_json()))
+    (tmp_path / "run").mkdir()
+    code = f"""
+import json, multiprocessing as mp
+from pathlib import Path
+from arcttt.pipeline import _worker_main
+
+here, theirs = mp.Pipe()
+here.send(None)  # stop as soon as the model is loaded
+cfg = json.loads(Path({str(tmp_path / 'cfg.json')!r}).read_text())
+_worker_main(0, None, {str(model)!r}, cfg, {str(tmp_path / 'run')!r}, theirs, {{"config": "c", "model": "m"}})
+msg = here.recv()
+assert msg[0] == "ready", msg
+"""
+    order = first_imports(tmp_path, code)
+    assert order and order[0] == "unsloth", order
