@@ -118,3 +118,15 @@ assert msg[0] == "ready", msg
 """
     order = first_imports(tmp_path, code)
     assert order and order[0] == "unsloth", order
+
+
+def test_the_gpu_tests_read_solve_task_as_a_task_result():
+    """test_gpu's whole-task check reads the record ``solve_task`` returns (it indexed it like a dict)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_gpu import solve_task_figures
+
+    from arcttt.records import TaskResult, TestResult, TTTResult
+
+    record = TaskResult("t", ttt=TTTResult(steps=3), tests=[TestResult(attempts=[[[1]], [[2]]]), TestResult(error="x")])
+    assert solve_task_figures(record) == {"status": "ok", "error": None, "ttt_steps": 3, "attempts": [2, 0],
+                                          "test_errors": [None, "x"]}
