@@ -130,3 +130,29 @@ def test_the_gpu_tests_read_solve_task_as_a_task_result():
     record = TaskResult("t", ttt=TTTResult(steps=3), tests=[TestResult(attempts=[[[1]], [[2]]]), TestResult(error="x")])
     assert solve_task_figures(record) == {"status": "ok", "error": None, "ttt_steps": 3, "attempts": [2, 0],
                                           "test_errors": [None, "x"]}
+
+
+def test_gpu_wheels_builds_arcttt_offline_and_checks_what_it_leaves(tmp_path):
+    """``gpu_wheels.sh --own`` builds arcttt's wheel with this interpreter (no PyPI), and its checks
+    pass; ``--check`` then fails on a wheel for another Python or platform, an empty one, and a
+    second version of one project (pip would refuse to install both)."""
+    env = os.environ | {"PYTHON": sys.executable}
+    script = str(REPO / "bench" / "gpu_wheels.sh")
+    built = subprocess.run(["bash", script, "--own", str(tmp_path / "whl")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "checked 1 wheels: 0 faults" in built.stdout, built.stdout
+    (own,) = (tmp_path / "whl" / "hf").glob("arcttt-*.whl")
+    hf = own.parent
+    (hf / "other-1.0-cp311-cp311-linux_x86_64.whl").write_bytes(own.read_bytes())
+    (hf / "empty-1.0-py3-none-any.whl").write_bytes(b"")
+    (hf / "arcttt-9.9-py3-none-any.whl").write_bytes(own.read_bytes())
+    checked = subprocess.run(["bash", script, "--check", str(tmp_path / "whl")], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert checked.returncode == 1, checked.stdout[-3000:] + checked.stderr[-3000:]
+    bad = [line for line in checked.stdout.splitlines() if line.startswith("BAD WHEEL")]
+    assert any("other-1.0" in line and "CPython 3.12" in line for line in bad), bad
+    assert any("other-1.0" in line and "manylinux" in line for line in bad), bad
+    assert any("empty-1.0" in line and "empty" in line for line in bad), bad
+    assert any("arcttt in 2 versions" in line for line in bad), bad
+    assert len(bad) == 4, bad
