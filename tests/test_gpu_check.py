@@ -156,3 +156,37 @@ def test_gpu_wheels_builds_arcttt_offline_and_checks_what_it_leaves(tmp_path):
     assert any("empty-1.0" in line and "empty" in line for line in bad), bad
     assert any("arcttt in 2 versions" in line for line in bad), bad
     assert len(bad) == 4, bad
+
+
+def gpu_check(tmp_path, *args, **env_vars) -> subprocess.CompletedProcess:
+    (tmp_path / "whl" / "hf").mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PYTHON": sys.executable, "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+                        "WHL": str(tmp_path / "whl"), "SITE": str(tmp_path / "site"), "MODEL": str(tmp_path / "m")}
+    env.pop("STEPS", None)
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), *args], cwd=REPO, env=env | env_vars,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("call,limit", [("1", 400), ("2", 200)])
+def test_each_calls_expected_time_fits_its_limit(tmp_path, call, limit):
+    proc = gpu_check(tmp_path, "--dry", CALL=call)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (total,) = [line for line in proc.stdout.splitlines() if line.startswith("expected ")]
+    expected = int(total.split()[1])
+    assert f"of the {limit} s limit" in total and 0 < expected <= limit, proc.stdout
+    listed = {line.split()[0] for line in proc.stdout.splitlines()[1:] if " <= " in line}
+    calls = {"1": {"install", "env", "model", "gpu-tests", "ttt-hf-bf16-r256", "ttt-hf-4bit-r64"},
+             "2": {"install", "model", "search", "kvcache", "plan", "run-hf", "score-hf", "profile-hf"}}
+    assert calls[call] <= listed, listed
+    assert not calls[{"1": "2", "2": "1"}[call]] - {"install", "model"} & listed, listed
+
+
+def test_steps_that_do_not_fit_are_skipped_with_a_line(tmp_path):
+    """Out of time from the start: every step of call 2 says it is skipped, and the files still come back."""
+    proc = gpu_check(tmp_path, CALL="2", CHECK_LIMIT_S="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    for name in ("install", "model", "search", "kvcache", "challenges", "plan", "run-hf"):
+        assert f"{name} skipped: " in summary, summary
+    assert " rc=" not in summary, summary
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"summary.txt", "figures.json", "logs.tar.gz"}
