@@ -51,7 +51,7 @@ case "${1:-}" in
     *) echo "gpu_check: unknown argument '$1' (--dry, --rehearse or none)" >&2; exit 2 ;;
 esac
 CALL=${CALL:-all}
-case "$CALL" in 1) DEFAULT_LIMIT=400 ;; 2) DEFAULT_LIMIT=200 ;; all) DEFAULT_LIMIT=600 ;;
+case "$CALL" in 1) DEFAULT_LIMIT=400 ;; 2) DEFAULT_LIMIT=200 ;; all) DEFAULT_LIMIT=540 ;;
     *) echo "gpu_check: CALL must be 1, 2 or all" >&2; exit 2 ;; esac
 PY=${PYTHON:-python3}
 OUT=${OUT:-$REPO/gpu-check-out}
