@@ -27,8 +27,9 @@
 # prints every requirement of the wheels that neither the folders nor the machine's packages meet
 # (MACHINE_HAS below), and the folders' sizes; it fails when one is missing, when a wheel is
 # unreadable or empty, is not for CPython 3.12 (cp312, abi3 or py3) on manylinux x86_64 (at most
-# glibc 2.28) or any platform, when a project has two versions, or when the folders and the
-# working tree together pass 64 MiB.
+# glibc 2.28) or any platform, when a project has two versions, when the folders and the working
+# tree together pass 64 MiB, or when a trial install of them all, as pip would for CPython 3.12 on
+# manylinux x86_64, into a scratch target fails.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,7 +90,8 @@ if [ $MODE != check ]; then
     "$PY" -m pip wheel --quiet --no-deps "${isolation[@]}" --wheel-dir "$DEST/hf" "$REPO"
 fi
 
-DEST=$DEST BNB_CUDA=$BNB_CUDA REPO=$REPO MODE=$MODE "$PY" - <<'EOF'
+checks=0
+DEST=$DEST BNB_CUDA=$BNB_CUDA REPO=$REPO MODE=$MODE "$PY" - <<'EOF' || checks=1
 import base64, hashlib, os, re, subprocess, sys, zipfile
 from email.parser import HeaderParser
 from pathlib import Path
@@ -230,3 +232,16 @@ for folder in ("hf", "unsloth"):
 print(f"working tree {tree_bytes / 2**20:.1f} MiB + both folders = {total / 2**20:.1f} MiB (a call carries 64 MiB)")
 sys.exit(1 if missing or faulty or total > 64 * 2**20 else 0)
 EOF
+
+# last, what gpu_check.sh's install does, into a scratch target, as pip would for the GPU machine's
+# CPython 3.12 (two versions of one project, or a wheel for another platform, stop it)
+trial=$(mktemp -d)
+if "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$trial" --only-binary=:all: --implementation cp \
+    --python-version 3.12 --abi cp312 "${PLATFORMS[@]}" "$DEST"/*/*.whl; then
+    echo "trial install of every wheel as for CPython 3.12 on manylinux x86_64: ok"
+else
+    echo "TRIAL INSTALL FAILED: pip would not install these wheels on CPython 3.12 (above)"
+    checks=1
+fi
+rm -rf "$trial"
+exit $checks

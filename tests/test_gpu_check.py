@@ -134,14 +134,15 @@ def test_the_gpu_tests_read_solve_task_as_a_task_result():
 
 def test_gpu_wheels_builds_arcttt_offline_and_checks_what_it_leaves(tmp_path):
     """``gpu_wheels.sh --own`` builds arcttt's wheel with this interpreter (no PyPI), and its checks
-    pass; ``--check`` then fails on a wheel for another Python or platform, an empty one, and a
-    second version of one project (pip would refuse to install both)."""
+    pass, a trial install as for CPython 3.12 too; ``--check`` then fails on a wheel for another
+    Python or platform, an empty one, and a second version of one project, and so does the trial."""
     env = os.environ | {"PYTHON": sys.executable}
     script = str(REPO / "bench" / "gpu_wheels.sh")
     built = subprocess.run(["bash", script, "--own", str(tmp_path / "whl")], env=env, capture_output=True, text=True,
                            timeout=600)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert "checked 1 wheels: 0 faults" in built.stdout, built.stdout
+    assert "trial install of every wheel as for CPython 3.12 on manylinux x86_64: ok" in built.stdout, built.stdout
     (own,) = (tmp_path / "whl" / "hf").glob("arcttt-*.whl")
     hf = own.parent
     (hf / "other-1.0-cp311-cp311-linux_x86_64.whl").write_bytes(own.read_bytes())
@@ -156,6 +157,7 @@ def test_gpu_wheels_builds_arcttt_offline_and_checks_what_it_leaves(tmp_path):
     assert any("empty-1.0" in line and "empty" in line for line in bad), bad
     assert any("arcttt in 2 versions" in line for line in bad), bad
     assert len(bad) == 4, bad
+    assert "TRIAL INSTALL FAILED" in checked.stdout, checked.stdout
 
 
 def gpu_check(tmp_path, *args, **env_vars) -> subprocess.CompletedProcess:
