@@ -217,6 +217,20 @@ def resolve_backend(backend: str) -> Literal["hf", "unsloth"]:
     return backend  # type: ignore[return-value]
 
 
+def import_unsloth_first(backend: str) -> bool:
+    """Import unsloth now when ``backend`` is unsloth, or auto resolving to it: unsloth patches
+    transformers, peft and trl, and what was imported before it runs unpatched (slower, more
+    memory; it warns). Call it before anything imports transformers (``arcttt.config`` does).
+    True when unsloth is imported; a failing import raises here, as the load would."""
+    if backend not in ("unsloth", "auto") or not unsloth_available():
+        return False
+    if resolve_backend(backend) != "unsloth":
+        return False
+    import unsloth  # noqa: F401
+
+    return True
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]

@@ -241,20 +241,21 @@ def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_
     tqdm.set_lock(threading.RLock())  # progress bars (model loading) without a multiprocessing semaphore
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from arcttt.model import load_model
+    from arcttt.model import import_unsloth_first, load_model
     from arcttt.offline import set_offline_env
 
     set_offline_env()  # before transformers or unsloth is first imported
     os.environ["UNSLOTH_COMPILE_LOCATION"] += f"-worker{wid}"  # workers importing unsloth at once race on one folder
-    from arcttt.config import config_from_json
-
-    cfg = config_from_json(cfg_json)
     _log_to(Path(run_dir) / "log.txt", f"worker{wid}")
     log.info("worker %d: pid %d", wid, os.getpid())
     # one load at a time (unsloth's imports and patching race); a file lock dies with its holder, so
     # a worker killed while loading blocks no one (and leaves no semaphore behind)
     with _file_lock(Path(run_dir) / LOAD_LOCK, LOAD_LOCK_TIMEOUT_S):
         try:
+            import_unsloth_first(cfg_json["model"]["backend"])  # before arcttt.config imports transformers
+            from arcttt.config import config_from_json
+
+            cfg = config_from_json(cfg_json)
             session = load_model(model_dir, cfg.model)
         except Exception as e:  # reported to the main process, which decides what to do
             log.error("worker %d: model failed to load: %s", wid, shown(str(e), 300))

@@ -14,8 +14,12 @@ timed ones. The model is a directory (``--model``), or built here with random we
 8 key/value heads, head size 128, MLP 9728, vocabulary cut to the 16 compact tokens; about 3.6 B
 parameters, 7.3 GB in bf16) to a temporary directory (``--keep-model DIR``: there, kept, and reused
 by a later call), in the format ``--format``: no download. It is meant for a GPU (built there).
+``--shape qwen3-mini`` builds the same way a 2-layer, hidden-64 Qwen3: the CPU rehearsal's stand-in.
 MFU = tokens/s x model FLOPs per token (6N + 12·L·attn·n, ModelSession.train_flops_per_token)
-/ ``--peak-tflops`` (dense bf16 peak of the card, e.g. L4 121, T4 65 (fp16), H100 SXM 989).
+/ ``--peak-tflops`` (dense bf16 datasheet peak of the card, e.g. L4 121, T4 65 (fp16), H100/H200
+SXM 989), and again / ``--measured-tflops`` (what a plain bf16 matmul reached on that card: the
+H200 here gave about 790). With ``--backend unsloth`` (or auto resolving to it) unsloth is imported
+before transformers, as it asks.
 Peak memory: CUDA max allocated on a GPU; the process's peak resident set (RSS) on CPU; beside it
 ``estimated_train_gib``, what ``arcttt.memory`` expects this training to hold (weights, adapter,
 gradients and optimizer, activations), to check the estimate against a GPU's figure.
@@ -35,8 +39,18 @@ from pathlib import Path
 import numpy as np
 
 
-def build_qwen3_4b(out: Path, format_name: str = "compact") -> Path:
-    """A random model shaped like Qwen3-4B (config written here), saved in bf16 with arcttt.json;
+# random Qwen3 shapes to build: the production model's, and a shrunk one for the CPU rehearsal
+# (bench/gpu_check.sh --rehearse) that takes the same code path in seconds
+SHAPES = {
+    "qwen3-4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=9728, max_position_embeddings=40960),
+    "qwen3-mini": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=16, intermediate_size=128, max_position_embeddings=16384),
+}
+
+
+def build_qwen3(out: Path, format_name: str = "compact", shape: str = "qwen3-4b") -> Path:
+    """A random model of one of ``SHAPES`` (config written here), saved in bf16 with arcttt.json;
     initialised on the GPU when there is one (seconds, not minutes)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -45,10 +59,8 @@ def build_qwen3_4b(out: Path, format_name: str = "compact") -> Path:
 
     tokenizer = formats.build_tokenizer(format_name)
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, intermediate_size=9728, max_position_embeddings=40960,
-        rope_theta=1_000_000.0, tie_word_embeddings=True, rms_norm_eps=1e-6,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer), **SHAPES[shape], rope_theta=1_000_000.0, tie_word_embeddings=True,
+        rms_norm_eps=1e-6, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -61,7 +73,7 @@ def build_qwen3_4b(out: Path, format_name: str = "compact") -> Path:
     model.save_pretrained(out)
     del model
     tokenizer.save_pretrained(out)
-    formats.write_model_meta(out, formats.token_map_from_tokenizer(format_name, tokenizer), source="qwen3-4b-shape")
+    formats.write_model_meta(out, formats.token_map_from_tokenizer(format_name, tokenizer), source=f"{shape}-shape")
     return out
 
 
@@ -72,11 +84,16 @@ def synthetic_sequences(n: int, seq_len: int, tm, seed: int = 0):
     seqs = []
     for _ in range(n):
         ids = rng.choice(np.asarray([*tm.digits, tm.newline], dtype=np.int64), size=seq_len)
-        ids[0] = tm.bos[0]
+        ids[:len(tm.bos)] = tm.bos  # a format may have no BOS (nvarc's has none)
         mask = np.zeros(seq_len, dtype=bool)
         mask[-seq_len // 4:] = True
         seqs.append(Encoded(ids, mask, seq_len - seq_len // 4))
     return seqs
+
+
+def mfu(flops_per_s: float, peak_tflops: float | None) -> float | None:
+    """Model FLOP/s as a share of a peak (None without one)."""
+    return round(flops_per_s / (peak_tflops * 1e12), 4) if peak_tflops else None
 
 
 def peak_memory_gb(device) -> tuple[float, str]:
@@ -91,9 +108,9 @@ def peak_memory_gb(device) -> tuple[float, str]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="a prepared model directory (default: build one)")
-    p.add_argument("--shape", choices=["tiny", "qwen3-4b"], default="tiny", help="model to build without --model")
-    p.add_argument("--format", default="compact", help="qwen3-4b shape: the arcttt format of the built model")
-    p.add_argument("--keep-model", type=Path, help="qwen3-4b shape: build into (or reuse) this directory")
+    p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny", help="model to build without --model")
+    p.add_argument("--format", default="compact", help="qwen3 shapes: the arcttt format of the built model")
+    p.add_argument("--keep-model", type=Path, help="qwen3 shapes: build into (or reuse) this directory")
     p.add_argument("--hidden", type=int, default=64, help="tiny shape: hidden size")
     p.add_argument("--layers", type=int, default=2, help="tiny shape: layers")
     p.add_argument("--heads", type=int, default=4, help="tiny shape: attention heads")
@@ -109,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--optimizer", choices=["auto", "adamw", "adamw8bit"], default="auto")
-    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU")
+    p.add_argument("--peak-tflops", type=float, help="the device's datasheet peak TFLOP/s, for MFU")
+    p.add_argument("--measured-tflops", type=float, help="the device's measured matmul TFLOP/s, for a second MFU")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", type=Path, help="also write the JSON object to this file")
@@ -117,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from arcttt.model import import_unsloth_first
+
+    import_unsloth_first(args.backend)  # before arcttt.config imports transformers
     from arcttt.config import RunConfig
     from arcttt.memory import GIB, ModelShape, estimate
     from arcttt.model import LoraConfig, ModelConfig, load_model, make_tiny_model
@@ -129,10 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         if args.model:
             model_dir = args.model
-        elif args.shape == "qwen3-4b" and args.keep_model and (args.keep_model / "config.json").is_file():
+        elif args.shape in SHAPES and args.keep_model and (args.keep_model / "config.json").is_file():
             model_dir = args.keep_model
-        elif args.shape == "qwen3-4b":
-            model_dir = build_qwen3_4b(args.keep_model or Path(tmp) / "qwen3-4b-shape", args.format)
+        elif args.shape in SHAPES:
+            model_dir = build_qwen3(args.keep_model or Path(tmp) / f"{args.shape}-shape", args.format, args.shape)
         else:
             model_dir = make_tiny_model(Path(tmp) / "tiny", hidden=args.hidden, layers=args.layers, heads=args.heads,
                                         intermediate=args.intermediate or 2 * args.hidden)
@@ -180,8 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_memory_gb": round(memory, 3), "memory_kind": memory_kind,
         "estimated_train_gib": round((plan.weights + plan.adapter + plan.train) / GIB, 3),
         "model_tflops_per_s": round(result.tokens_per_s * flops_per_token / 1e12, 4),
-        "mfu": (round(result.tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), 4)
-                if args.peak_tflops else None),
+        "mfu": mfu(result.tokens_per_s * flops_per_token, args.peak_tflops),
+        "peak_tflops": args.peak_tflops,
+        "mfu_measured_peak": mfu(result.tokens_per_s * flops_per_token, args.measured_tflops),
+        "measured_tflops": args.measured_tflops,
         "build_s": round(build_s, 1), "load_s": round(load_s, 1),
     }
     if args.out:

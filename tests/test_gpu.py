@@ -15,7 +15,11 @@ Skipped without CUDA (``pytest -m gpu``; ``bench/gpu_check.sh`` runs them on a G
 backend runs in a child interpreter, as in test_unsloth.py (unsloth patches transformers
 process-wide); the four children run at once, each with its own unsloth compile folder.
 ``ARCTTT_GPU_TEST_MODEL=DIR`` runs them on a prepared model instead of the random
-one; ``ARCTTT_GPU_OUT=DIR`` also writes each child's figures there as JSON.
+one; ``ARCTTT_GPU_OUT=DIR`` also writes each child's figures there as JSON, and keeps each child's
+folder (its stdout, stderr and unsloth cache) there rather than in pytest's temporary folder.
+``ARCTTT_GPU_REHEARSE=1`` runs them without CUDA too (``bench/gpu_check.sh --rehearse``): every
+check but the CUDA-only ones (weights on the GPU, 8-bit AdamW, autocast), on the backends and
+precisions ``ARCTTT_GPU_BACKENDS`` names (e.g. ``"hf-16 unsloth-16"``; default all).
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ import torch
 pytestmark = pytest.mark.gpu
 
 CUDA = torch.cuda.is_available()
+REHEARSE = os.environ.get("ARCTTT_GPU_REHEARSE") == "1"
 BACKENDS = [("hf", 16), ("hf", 4), ("unsloth", 16), ("unsloth", 4)]
+if os.environ.get("ARCTTT_GPU_BACKENDS"):
+    BACKENDS = [b for b in BACKENDS if f"{b[0]}-{b[1]}" in os.environ["ARCTTT_GPU_BACKENDS"].split()]
 TASK = "0d3d703e"  # arc-agi-1-train: 4 small pairs, one test input
 # a cached pass and a full one differ in bf16 rounding: allow that much on a sum of log-probs
 REL_TOL, ABS_TOL = 5e-3, 0.05
@@ -56,6 +63,12 @@ def small_qwen3(out: Path) -> Path:
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(out)
     return out
+
+
+def solve_task_figures(record) -> dict:
+    """What the parent checks of ``pipeline.solve_task``'s ``TaskResult``."""
+    return {"status": record.status, "error": record.error, "ttt_steps": record.ttt.steps if record.ttt else 0,
+            "attempts": [len(t.attempts) for t in record.tests], "test_errors": [t.error for t in record.tests]}
 
 
 def child(model_dir: str, backend: str, bits: int) -> dict:
@@ -190,9 +203,7 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
                                         "select.n_views=4"])
         now = time.time()
         record = solve_task(s, task, cfg, TaskDeadlines(start=now, ttt=now + 60, search=now + 120, end=now + 180))
-        out["solve_task"] = {"status": record["status"], "error": record["error"], "ttt_steps": record["ttt"]["steps"],
-                             "attempts": [len(t["attempts"]) for t in record["tests"]],
-                             "test_errors": [t.get("error") for t in record["tests"]]}
+        out["solve_task"] = solve_task_figures(record)
 
     section("solve_task", whole_task)
     out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
@@ -212,7 +223,11 @@ def children(gpu_model_dir, tmp_path_factory):
     for backend, bits in BACKENDS:
         if backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
             continue
-        cwd = tmp_path_factory.mktemp(f"{backend}-{bits}bit")
+        if os.environ.get("ARCTTT_GPU_OUT"):  # kept with the check's other logs
+            cwd = Path(os.environ["ARCTTT_GPU_OUT"], f"test_gpu-{backend}-{bits}bit")
+            cwd.mkdir(parents=True, exist_ok=True)
+        else:
+            cwd = tmp_path_factory.mktemp(f"{backend}-{bits}bit")
         env = os.environ | {"PYTHONUNBUFFERED": "1", "UNSLOTH_COMPILE_LOCATION": str(cwd / "unsloth_compiled_cache")}
         code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_gpu import child; "
                 f"print('RESULT', json.dumps(child({str(gpu_model_dir)!r}, {backend!r}, {bits})))")
@@ -225,7 +240,7 @@ def children(gpu_model_dir, tmp_path_factory):
             proc.kill()
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.skipif(not CUDA and not REHEARSE, reason="needs a CUDA GPU (ARCTTT_GPU_REHEARSE=1: on CPU)")
 @pytest.mark.parametrize("backend,bits", BACKENDS, ids=[f"{b}-{n}bit" for b, n in BACKENDS])
 def test_gpu_backend(children, backend, bits):
     if (backend, bits) not in children:
@@ -238,16 +253,24 @@ def test_gpu_backend(children, backend, bits):
     r = json.loads(lines[0].removeprefix("RESULT "))
     if os.environ.get("ARCTTT_GPU_OUT"):
         Path(os.environ["ARCTTT_GPU_OUT"], f"test_gpu-{backend}-{bits}bit.json").write_text(json.dumps(r, indent=1))
+    check_figures(r, backend, bits, cuda=CUDA)
+
+
+def check_figures(r: dict, backend: str, bits: int, cuda: bool = True) -> None:
+    """The child's figures against what each check expects; ``cuda=False`` (a rehearsal on CPU)
+    leaves out what only CUDA gives: weights on the GPU, 8-bit AdamW, bf16 autocast."""
     assert r["errors"] == {}, "\n\n".join(f"{k}: {v}" for k, v in r["errors"].items())
     # load
-    assert r["loaded_backend"] == backend and r["device"].startswith("cuda") and r["weights_on_cuda"], r
+    assert r["loaded_backend"] == backend, r
+    assert (r["device"].startswith("cuda") and r["weights_on_cuda"]) if cuda else r["device"] == "cpu", r
     assert r["dtype"] == "torch.bfloat16", r
     assert r["base_layer"] == ("Linear4bit" if bits == 4 else "Linear"), r
     # TTT: 8-bit AdamW (its moments stored as uint8), bf16 autocast in every training forward
     assert r["ttt_steps"] == 6 and r["ttt_stopped"] == "done" and r["loss1"] < r["loss0"], r
-    assert r["optimizer"].startswith("bitsandbytes.") and "AdamW8bit" in r["optimizer"], r
-    assert "torch.uint8" in r["optimizer_state_dtypes"], r
-    assert r["autocast_in_training"] == [True], r
+    if cuda:
+        assert r["optimizer"].startswith("bitsandbytes.") and "AdamW8bit" in r["optimizer"], r
+        assert "torch.uint8" in r["optimizer_state_dtypes"], r
+        assert r["autocast_in_training"] == [True], r
     # reset: exact parameters, and the logits of before TTT again (nothing stale)
     assert r["trained_logit_change"] > 1e-2, r
     assert r["reset_params_exact"] and not r["training_after_reset"], r
