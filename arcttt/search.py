@@ -37,6 +37,22 @@ dropped from time to time, and a view that is done leaves the batch. This needs 
 A step costs one upload (tokens, positions, the mask's changes) and one download (the symbols'
 log-probabilities, which choose the next branch). The prompt caches the scoring will need again
 (the identity view's) can be kept (``keep``: :class:`arcttt.kvcache.PromptCaches`).
+
+Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given a draft, a
+guess at its answer: one by one, the best candidate found so far in the earlier views, mapped into
+this view's frame (:func:`search_test_input`); before any, and in lock-step where all views start
+together, the test input itself when every demonstration keeps its shape. The draft is fed with
+the prompt in the prefill, so one forward gives the logits after each of its prefixes; the tree
+search then walks them without a model call while its path is on the draft, and where it leaves,
+the cache is cut back (``crop``; in lock-step the row's columns go dark) and it decodes one token a
+call as before (:class:`_Walk`). Logits verified once stay known for the draft's path, so coming
+back to it after a sibling costs no call; a later forward feeds the path's tokens the cache lacks.
+A node's logits depend only on its path, so the completions are the plain search's, with their
+probabilities, except for float rounding: a multi-token forward may round differently from one-token
+forwards (about 1e-6 in float32), so a completion within that of the threshold can be kept by one
+and cut by the other; the tests compare outside that band. Never more model calls than without the
+draft (each call answers a node the plain search would also call for); the cost of a wrong draft is
+its tokens in the prefill (and in a re-fed forward), not extra calls.
 """
 
 from __future__ import annotations
@@ -55,7 +71,7 @@ import torch
 from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
-from arcttt.formats import TemplateMap, TokenMap, parse_answer
+from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
 from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_cache
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
@@ -88,6 +104,9 @@ class SearchConfig:
     """Renormalise the probabilities over the answer symbols the grammar allows (see module doc)."""
     seed: int = 0
     """Seed of the views' augmentations."""
+    draft: bool = True
+    """Draft-verified search: each view is given the best answer found so far (in an earlier view,
+    mapped into its frame) and verifies it in one forward (see the module doc); the same completions."""
 
     def __post_init__(self):
         errors = []
@@ -120,7 +139,9 @@ class SearchStats:
 
     views: int = 0
     forwards: int = 0       # model calls, prefills included
-    tokens_fed: int = 0     # answer tokens fed one by one after the prompts (summed over rows)
+    tokens_fed: int = 0     # answer tokens fed after the prompts (summed over rows), drafts included
+    draft_fed: int = 0      # of those, draft tokens fed beyond the one the search asked for
+    verified: int = 0       # tree nodes whose logits came from a draft's forward (no model call of their own)
     completions: int = 0
     timed_out: bool = False
     oom: bool = False       # out of memory: the views searched before it keep their completions
@@ -183,15 +204,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def last_logits_kwargs(model: torch.nn.Module) -> dict:
-    """``logits_to_keep=1`` where the model takes it: a prefill then computes only the last
-    position's logits (a long prompt's full logits over a big vocabulary do not fit)."""
+def last_logits_kwargs(model: torch.nn.Module, n: int = 1) -> dict:
+    """``logits_to_keep=n`` where the model takes it: a prefill then computes only the last ``n``
+    positions' logits (a long prompt's full logits over a big vocabulary do not fit)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return {}
     takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return {"logits_to_keep": 1} if takes else {}
+    return {"logits_to_keep": n} if takes else {}
 
 
 def positions(start: int, n: int, device, rows: int = 1) -> torch.Tensor:
@@ -330,36 +351,112 @@ def _crop_to(cache, length: int):
     return cache
 
 
-def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[torch.Tensor],
+class _Walk:
+    """One view's bookkeeping between its tree search and its cache, with a draft.
+
+    ``draft``: symbol indices (the end excluded) the search may walk; ``held``: the symbols after the
+    prompt that the cache holds, with ``held_lp`` the symbols' logprobs after each; ``path``: the tree
+    search's current path (mirrored from its requests); ``memo``: the logprobs after each prefix of
+    the draft that a forward has verified, kept when the cache is cut back (a node's logits depend on
+    its path only). A request is answered from ``held_lp`` or ``memo`` without a model call where they
+    hold it; otherwise :meth:`to_feed` says what to feed: the path's symbols the cache lacks (after
+    cutting it back to the common prefix) and, while the path is on the draft, the rest of the draft.
+    With an empty draft every request feeds one symbol: the plain search."""
+
+    def __init__(self, draft: Sequence[int] = ()):
+        self.draft = list(draft)
+        self.held: list[int] = []
+        self.held_lp: list[np.ndarray] = []
+        self.path: list[int] = []
+        self.memo: list[np.ndarray] = []
+        self.common = 0   # common prefix of held and path
+        self.on = 0       # common prefix of path and draft
+        self.sure = 0     # common prefix of held and draft
+
+    def ask(self, depth: int, sym: int) -> np.ndarray | None:
+        """The tree search asks for the logprobs after ``sym`` as token ``depth``: them, if known."""
+        del self.path[depth:]
+        self.common, self.on = min(self.common, depth), min(self.on, depth)
+        self.path.append(sym)
+        if self.common == depth and depth < len(self.held) and self.held[depth] == sym:
+            self.common += 1
+        if self.on == depth and depth < len(self.draft) and self.draft[depth] == sym:
+            self.on += 1
+        if self.on == depth + 1 and depth < len(self.memo):
+            return self.memo[depth]
+        if self.common == depth + 1:
+            return self.held_lp[depth]
+        return None
+
+    def to_feed(self) -> tuple[int, list[int]]:
+        """(keep, symbols): cut the cache back to the prompt and ``keep`` held symbols, then feed
+        ``symbols`` (the asked one among them)."""
+        d = len(self.path)
+        return self.common, self.path[self.common:] + (self.draft[d:] if self.on == d else [])
+
+    def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray | None:
+        """After the forward of :meth:`to_feed`: ``lps`` [len(syms), symbols]; the asked node's logprobs
+        (None after the prefill, which asks nothing)."""
+        del self.held[keep:], self.held_lp[keep:]
+        self.held += syms
+        self.held_lp += list(lps)
+        self.common = len(self.path)
+        self.sure = min(self.sure, keep)
+        if self.sure == keep:
+            while self.sure < min(len(self.held), len(self.draft)) and self.held[self.sure] == self.draft[self.sure]:
+                self.sure += 1
+        if self.sure > len(self.memo):
+            self.memo += self.held_lp[len(self.memo):self.sure]
+        return self.held_lp[len(self.path) - 1] if self.path else None
+
+
+def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                 opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
-                keep: PromptCaches | None = None) -> list[tuple[list[int], float]]:
-    """One view's search; ``cache``: an empty cache for the prefill (None: the model's own)."""
+                keep: PromptCaches | None = None, draft: Sequence[int] = ()) -> list[tuple[list[int], float]]:
+    """One view's search; ``cache``: an empty cache for the prefill (None: the model's own);
+    ``draft``: symbol indices, fed with the prompt in the prefill."""
     device = symbol_ids.device
-    ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
+    walk = _Walk(draft)
+    _, first = walk.to_feed()
+    plen, k = len(prompt), len(first)
+    seq = np.concatenate([np.asarray(prompt, dtype=np.int64), sym_tokens[first]])
+    ids = torch.as_tensor(seq, device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
     out = model(input_ids=ids, position_ids=positions(0, ids.shape[1], device), past_key_values=cache,
-                use_cache=True, **last_logits_kwargs(model))
+                use_cache=True, **last_logits_kwargs(model, k + 1))
     stats.forwards += 1
-    cache, plen = out.past_key_values, ids.shape[1]
-    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache)):
-        keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -1])
+    stats.tokens_fed += k
+    stats.draft_fed += k
+    cache = out.past_key_values
+    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache) * plen / (plen + k)):
+        keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -k - 1])
+    lps = _symbol_logprobs(out.logits[0, -k - 1:], symbol_ids)
+    walk.fed(0, first, lps[1:])
     found: list[tuple[list[int], float]] = []
-    gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
+    gen = _tree_search(lps[0], found, **opts)
     req = next(gen, None)
+    one = [torch.tensor([[t]], device=device) for t in sym_tokens]
     while req is not None:
-        if _past(deadline):
-            stats.timed_out = True
-            break
-        depth, sym = req
-        cache = _crop_to(cache, plen + depth)
-        out = model(input_ids=feed[sym], position_ids=positions(plen + depth, 1, device), past_key_values=cache,
-                    use_cache=True)
-        cache = out.past_key_values
-        stats.forwards += 1
-        stats.tokens_fed += 1
+        lp = walk.ask(*req)
+        if lp is None:
+            if _past(deadline):
+                stats.timed_out = True
+                break
+            held, syms = walk.to_feed()
+            cache = _crop_to(cache, plen + held)
+            feed = one[syms[0]] if len(syms) == 1 else torch.as_tensor(sym_tokens[syms], device=device)[None]
+            out = model(input_ids=feed, position_ids=positions(plen + held, len(syms), device),
+                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            stats.forwards += 1
+            stats.tokens_fed += len(syms)
+            stats.draft_fed += len(syms) - (len(walk.path) - held)
+            lp = walk.fed(held, syms, _symbol_logprobs(out.logits[0, -len(syms):], symbol_ids))
+        else:
+            stats.verified += 1
         try:
-            req = gen.send(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0])
+            req = gen.send(lp)
         except StopIteration:
             req = None
     gen.close()
@@ -384,45 +481,71 @@ def _drop_columns(cache, keep: torch.Tensor) -> None:
 
 def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                   opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
-                  keep: PromptCaches | None = None) -> list[list[tuple[list[int], float]]] | None:
+                  keep: PromptCaches | None = None,
+                  drafts: Sequence[Sequence[int]] | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
-    this way (the caller then runs the views one by one).
+    this way (the caller then runs the views one by one). ``drafts``: each view's own (symbol
+    indices), fed with its prompt in the prefill.
 
-    The attention mask lives twice: ``alive`` on the host (the bookkeeping: which columns each row
-    sees) and ``mask`` on the device, updated in place from one small upload a step (the step's
-    tokens, positions and the columns that went dark); it is uploaded whole only when columns are
-    dropped or rows leave. A step then costs one upload and one download (the symbols'
-    log-probabilities, which choose the next branch)."""
+    A row's held symbols are cache columns (``held``); a step feeds each row what its walk asks
+    (one symbol, or the path's missing symbols and the rest of its draft), as a block of the step's
+    longest feed: a row's shorter feed leaves its last columns dark to it. The attention mask lives
+    twice: ``alive`` on the host (the bookkeeping: which columns each row sees) and ``mask`` on the
+    device, updated in place from one small upload a step (the step's tokens, positions, the new
+    columns' visibility and the columns that went dark); it is uploaded whole only when columns are
+    dropped or rows leave. A step then costs one upload and one download."""
     device = symbol_ids.device
-    n, lens = len(prompts), [len(p) for p in prompts]
-    width = max(lens)
+    n = len(prompts)
+    lens = [len(p) for p in prompts]
+    walks = [_Walk(d) for d in (drafts or [()] * n)]
+    firsts = [w.to_feed()[1] for w in walks]
+    seqs = [np.concatenate([p, sym_tokens[f]]) for p, f in zip(prompts, firsts)]
+    width, kd = max(len(s) for s in seqs), max(len(f) for f in firsts) + 1
     ids = np.full((n, width), pad, dtype=np.int64)
     alive = np.zeros((n, width + 256), dtype=np.int64)  # attention mask, with room to grow
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = p
-        alive[r, width - len(p):width] = 1
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s):] = s
+        alive[r, width - len(s):width] = 1
     pos = np.clip(np.cumsum(alive[:, :width], 1) - 1, 0, None)
     out = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(alive[:, :width]).to(device),
                 position_ids=torch.from_numpy(pos).to(device), past_key_values=cache, use_cache=True,
-                **last_logits_kwargs(model))
+                **last_logits_kwargs(model, kd))
     stats.forwards += 1
+    fed = sum(map(len, firsts))
+    stats.tokens_fed += fed
+    stats.draft_fed += fed
     cache = out.past_key_values
     if not _batchable(cache):
         return None
     if keep is not None and isinstance(cache, SlabCache):
         per_token = cache_bytes(cache) / max(1, n * cache.get_seq_length())
-        for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding
+        for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding or draft
+            start = width - len(seqs[r])
             if keep.wants(p, per_token * len(p)):  # within the budget before the copy is made
-                keep.put(p, cache.copy_of(r, width - len(p), width), out.logits[r, -1])
-    root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
+                keep.put(p, cache.copy_of(r, start, start + len(p)), out.logits[r, -len(firsts[r]) - 1])
+    lps0 = _symbol_logprobs(out.logits[:, -kd:], symbol_ids)
     mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)
     found: list[list] = [[] for _ in range(n)]
-    gens, reqs, paths = {}, {}, {}
+    gens, reqs, held = {}, {}, {}
+
+    def answer(v: int, lp) -> None:
+        """Send ``lp`` to view ``v``'s search (None: start it), then answer its requests from its
+        walk until one needs the model (left in ``reqs``) or it is done."""
+        try:
+            req = next(gens[v]) if lp is None else gens[v].send(lp)
+            while (lp := walks[v].ask(*req)) is not None:
+                stats.verified += 1
+                req = gens[v].send(lp)
+            reqs[v] = req
+        except StopIteration:
+            reqs.pop(v, None)
+
     for v in range(n):
-        gen = _tree_search(root[v], found[v], **opts)
-        req = next(gen, None)
-        if req is not None:
-            gens[v], reqs[v], paths[v] = gen, req, []
+        k = len(firsts[v])
+        walks[v].fed(0, firsts[v], lps0[v, kd - k:])
+        held[v] = list(range(width - k, width))
+        gens[v] = _tree_search(lps0[v, kd - k - 1], found[v], **opts)
+        answer(v, None)
     rows = list(range(n))  # batch row -> view
     ncols = width
     while True:
@@ -443,44 +566,48 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
             _drop_columns(cache, torch.from_numpy(kept).to(device))
             new_index = np.cumsum(live) - 1
             for v in rows:
-                paths[v] = [int(new_index[c]) for c in paths[v]]
+                held[v] = [int(new_index[c]) for c in held[v]]
             alive = np.concatenate([alive[:, kept], np.zeros((len(rows), alive.shape[1] - ncols), np.int64)], 1)
             ncols = len(kept)
             mask = torch.tensor(alive, device=device)
-        if ncols + 1 > alive.shape[1]:
-            alive = np.concatenate([alive, np.zeros_like(alive)], 1)
-            mask = torch.tensor(alive, device=device)
         nrows = len(rows)
-        step = np.empty(2 * nrows, np.int64)  # tokens, positions
+        feeds = [walks[v].to_feed() for v in rows]
+        k = max(len(syms) for _, syms in feeds)
+        if ncols + k > alive.shape[1]:
+            alive = np.concatenate([alive, np.zeros((nrows, max(alive.shape[1], k)), np.int64)], 1)
+            mask = torch.tensor(alive, device=device)
+        step = np.zeros((3, nrows, k), np.int64)  # tokens, positions, the new columns' visibility
+        step[0] = pad
         dark_rows, dark_cols = [], []
-        for r, v in enumerate(rows):
-            depth, sym = reqs[v]
-            path = paths[v]
-            if len(path) > depth:  # backtrack: the abandoned branch's columns go dark
-                alive[r, path[depth:]] = 0
-                dark_rows += [r] * (len(path) - depth)
-                dark_cols += path[depth:]
-                del path[depth:]
-            path.append(ncols)
-            step[r], step[nrows + r] = sym_tokens[sym], lens[v] + depth
-        alive[:, ncols] = 1
-        up = torch.from_numpy(np.concatenate([step, np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
+        for r, (v, (kept_n, syms)) in enumerate(zip(rows, feeds)):
+            cols = held[v]
+            if len(cols) > kept_n:  # cut back: the abandoned columns go dark
+                alive[r, cols[kept_n:]] = 0
+                dark_rows += [r] * (len(cols) - kept_n)
+                dark_cols += cols[kept_n:]
+                del cols[kept_n:]
+            m = len(syms)
+            cols += range(ncols, ncols + m)
+            step[0, r, :m] = sym_tokens[syms]
+            step[1, r] = lens[v] + kept_n + np.arange(k)
+            step[2, r, :m] = 1
+        alive[:nrows, ncols:ncols + k] = step[2]
+        up = torch.from_numpy(np.concatenate([step.reshape(-1), np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
+        blocks = up[:3 * nrows * k].view(3, nrows, k)
         if dark_rows:
-            k = len(dark_rows)
-            mask[up[2 * nrows:2 * nrows + k], up[2 * nrows + k:]] = 0
-        mask[:, ncols] = 1
-        ncols += 1
-        out = model(input_ids=up[:nrows, None], attention_mask=mask[:, :ncols], position_ids=up[nrows:2 * nrows, None],
+            d = len(dark_rows)
+            mask[up[3 * nrows * k:3 * nrows * k + d], up[3 * nrows * k + d:]] = 0
+        mask[:, ncols:ncols + k] = blocks[2]
+        ncols += k
+        out = model(input_ids=blocks[0], attention_mask=mask[:, :ncols], position_ids=blocks[1],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
-        stats.tokens_fed += len(rows)
-        lps = _symbol_logprobs(out.logits[:, -1], symbol_ids)
-        for r, v in enumerate(rows):
-            try:
-                reqs[v] = gens[v].send(lps[r])
-            except StopIteration:
-                del reqs[v]
+        lps = _symbol_logprobs(out.logits[:, -k:], symbol_ids)
+        for r, (v, (kept_n, syms)) in enumerate(zip(rows, feeds)):
+            stats.tokens_fed += len(syms)
+            stats.draft_fed += len(syms) - (len(walks[v].path) - kept_n)
+            answer(v, walks[v].fed(kept_n, syms, lps[r, :len(syms)]))
     for gen in gens.values():
         gen.close()
     return found
@@ -491,25 +618,30 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                    grammar: bool = True, batch: bool = True, max_batch_tokens: int = 32768,
                    deadline: float | None = None, device: torch.device | str | None = None,
                    stats: SearchStats | None = None, preallocate: bool = True,
-                   keep: PromptCaches | None = None) -> list[list[Completion]]:
+                   keep: PromptCaches | None = None,
+                   drafts: Sequence[Sequence[int] | None] | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
     most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
     ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`).
 
     ``preallocate``: give the prefills a :class:`arcttt.kvcache.SlabCache` (appends in place, crops
     move a length) where the model takes one; False: the model's own cache (``DynamicCache``).
-    ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring)."""
+    ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring).
+    ``drafts``: per prompt, a guess at its answer (token ids, e.g. ``answer_ids`` of a grid) or None:
+    fed with the prompt and walked where the search goes its way (the same completions, fewer calls)."""
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
     gram = answer_grammar(tm)
-    answer_ids = list(gram.symbols)
-    symbol_ids = torch.tensor(answer_ids, device=device)
-    feed = [torch.tensor([[t]], device=device) for t in answer_ids]
+    sym_ids = list(gram.symbols)
+    symbol_ids = torch.tensor(sym_ids, device=device)
     opts = dict(min_lp=-math.inf if greedy else math.log(threshold),
                 max_new=gram.max_tokens if max_new_tokens is None else max_new_tokens,
                 grammar=grammar, renormalize=renormalize, greedy=greedy, gram=gram)
     prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
+    syms = [draft_symbols(d, gram, opts["max_new"]) for d in (drafts or [None] * len(prompts))]
+    if len(syms) != len(prompts):
+        raise ValueError(f"{len(syms)} drafts for {len(prompts)} prompts")
     results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
     with inference(model):
         groups = _groups([len(p) for p in prompts], max_batch_tokens) if batch and len(prompts) > 1 else \
@@ -522,11 +654,11 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
             try:
                 if len(group) > 1:
                     got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
-                                        np.asarray(answer_ids), opts, deadline, stats,
-                                        new_cache(model) if preallocate else None, keep)
+                                        np.asarray(sym_ids), opts, deadline, stats,
+                                        new_cache(model) if preallocate else None, keep, [syms[i] for i in group])
                 if got is None:
-                    got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats,
-                                       new_cache(model) if preallocate else None, keep) for i in group]
+                    got = [_search_one(model, prompts[i], symbol_ids, np.asarray(sym_ids), opts, deadline, stats,
+                                       new_cache(model) if preallocate else None, keep, syms[i]) for i in group]
             except torch.OutOfMemoryError:
                 stats.oom = True  # what the earlier groups found stands; the caller sees the flag
                 if torch.cuda.is_available():
@@ -538,10 +670,25 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
     stats.seconds += time.time() - t0
     out = []
     for found in results:
-        comps = sorted((Completion([answer_ids[s] for s in path], lp) for path, lp in found or []),
+        comps = sorted((Completion([sym_ids[s] for s in path], lp) for path, lp in found or []),
                        key=lambda c: -c.logprob)
         stats.completions += len(comps)
         out.append(comps)
+    return out
+
+
+def draft_symbols(draft: Sequence[int] | None, gram, max_new: int) -> list[int]:
+    """A draft's token ids as the grammar's symbol indices the search would feed: up to its first
+    token that is no symbol or is the end (never fed), at most ``max_new - 1`` of them."""
+    if draft is None:
+        return []
+    index = {t: k for k, t in enumerate(gram.symbols)}
+    out = []
+    for t in list(draft)[:max(0, max_new - 1)]:
+        k = index.get(int(t))
+        if k is None or gram.is_end(k):
+            break
+        out.append(k)
     return out
 
 
@@ -616,24 +763,54 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
     if cfg.time_limit_s is not None:
         cap = time.time() + cfg.time_limit_s
         deadline = cap if deadline is None else min(deadline, cap)
-    results = search_prompts(model, [p for _, p in pairs], tm, threshold=cfg.threshold, greedy=cfg.greedy,
-                             renormalize=cfg.renormalize, batch=cfg.batch_views, max_batch_tokens=cfg.max_batch_tokens,
-                             deadline=deadline, device=device, stats=stats, preallocate=preallocate, keep=keep)
+    stats = stats if stats is not None else SearchStats()
+    kw = dict(threshold=cfg.threshold, greedy=cfg.greedy, renormalize=cfg.renormalize, batch=cfg.batch_views,
+              max_batch_tokens=cfg.max_batch_tokens, deadline=deadline, device=device, stats=stats,
+              preallocate=preallocate, keep=keep)
     merged: dict[tuple, Candidate] = {}
-    for (aug, _), comps in zip(pairs, results):
-        view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids
-        for comp in comps:
-            grid = parse_answer(comp.ids, tm, require_end=True)
-            if isinstance(grid, np.ndarray):
-                grid = aug.invert_grid(grid)
-                key = grid_key(grid)
-                lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
-                view[key] = (grid, lp)
-        # the view's most likely grids (the cap counts grids, not spellings of one grid)
-        best = sorted(view.items(), key=lambda kv: -kv[1][1])[:cfg.max_candidates_per_view]
-        for key, (grid, lp) in best:
-            merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
+    # One by one with drafts, each view after the last, with the best answer so far as its draft. In
+    # lock-step all views start together, so no view has an earlier one's answer: each gets the cheap
+    # guess only. (Searching the first view alone, then the rest in lock-step with its answer, was
+    # measured: the rest's main paths ran beside each other anyway, so it saved no calls, and on a
+    # search with many branches it doubled them: tests/test_draft_search.py, bench/RESULTS.md.)
+    waves = [list(range(len(pairs)))] if cfg.batch_views or not cfg.draft else [[v] for v in range(len(pairs))]
+    for wave in waves:
+        if stats.oom:
+            break
+        drafts = None
+        if cfg.draft:
+            guess = _best_guess(merged, task, test_index)
+            drafts = [None if guess is None else answer_ids(pairs[v][0].grid(guess), tm) for v in wave]
+        results = search_prompts(model, [pairs[v][1] for v in wave], tm, drafts=drafts, **kw)
+        for v, comps in zip(wave, results):
+            _merge(merged, pairs[v][0], comps, tm, cfg.max_candidates_per_view)
     return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
+
+
+def _best_guess(merged: dict[tuple, Candidate], task: Task, test_index: int) -> np.ndarray | None:
+    """The draft, in the task's frame: the best candidate so far (most found, then most likely);
+    before any, the test input itself when every demonstration keeps its grid's shape; else None."""
+    if merged:
+        return min(merged.values(), key=lambda c: (-c.hits, -c.search_logprob)).grid
+    if task.train and all(p.input.shape == p.output.shape for p in task.train):
+        return task.test_inputs[test_index]
+    return None
+
+
+def _merge(merged: dict[tuple, Candidate], aug: Augmentation, comps: list[Completion], tm, cap: int) -> None:
+    """One view's completions parsed, mapped back to the task's frame and merged into ``merged``."""
+    view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids
+    for comp in comps:
+        grid = parse_answer(comp.ids, tm, require_end=True)
+        if isinstance(grid, np.ndarray):
+            grid = aug.invert_grid(grid)
+            key = grid_key(grid)
+            lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
+            view[key] = (grid, lp)
+    # the view's most likely grids (the cap counts grids, not spellings of one grid)
+    best = sorted(view.items(), key=lambda kv: -kv[1][1])[:cap]
+    for key, (grid, lp) in best:
+        merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
 
 
 def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
