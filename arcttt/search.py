@@ -41,18 +41,20 @@ log-probabilities, which choose the next branch). The prompt caches the scoring 
 Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given a draft, a
 guess at its answer: one by one, the best candidate found so far in the earlier views, mapped into
 this view's frame (:func:`search_test_input`); before any, and in lock-step where all views start
-together, the test input itself when every demonstration keeps its shape. The draft is fed with
-the prompt in the prefill, so one forward gives the logits after each of its prefixes; the tree
-search then walks them without a model call while its path is on the draft, and where it leaves,
-the cache is cut back (``crop``; in lock-step the row's columns go dark) and it decodes one token a
-call as before (:class:`_Walk`). Logits verified once stay known for the draft's path, so coming
-back to it after a sibling costs no call; a later forward feeds the path's tokens the cache lacks.
-A node's logits depend only on its path, so the completions are the plain search's, with their
-probabilities, except for float rounding: a multi-token forward may round differently from one-token
-forwards (about 1e-6 in float32), so a completion within that of the threshold can be kept by one
-and cut by the other; the tests compare outside that band. Never more model calls than without the
-draft (each call answers a node the plain search would also call for); the cost of a wrong draft is
-its tokens in the prefill (and in a re-fed forward), not extra calls.
+together, the test input itself when every demonstration keeps its shape. When the search takes
+the draft's first symbol, the draft's next symbols are fed with it (``DRAFT_CHUNK`` = 32 at first,
+then as many as are verified already), so one forward gives the logits after each of their
+prefixes; the tree search walks them without a model call while its path is on the draft, and
+where it leaves, the cache is cut back (``crop``; in lock-step the row's columns go dark) and it
+decodes one token a call as before (:class:`_Walk`). Logits verified once stay known for the
+draft's path, so coming back to it after a sibling costs no call; a later forward feeds the path's
+tokens the cache lacks. A node's logits depend only on its path, so the completions are the plain
+search's, with their probabilities, except for float rounding: a multi-token forward may round
+differently from one-token forwards (about 1e-6 in float32), so a completion within that of the
+threshold can be kept by one and cut by the other; the tests compare outside that band. Never more
+model calls than without the draft (each call answers a node the plain search would also call
+for); a draft wrong at its first token costs nothing, one wrong later at most ``DRAFT_CHUNK`` (or
+the verified length) more tokens in a call, plus the path's tokens re-fed after a cut.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
 NEWLINE, END = 10, 11
+DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already
 COMPACT_MIN_COLUMNS = 64  # batched search: drop dead cache columns once this many (and a quarter) are dead
 
 
@@ -360,11 +363,14 @@ class _Walk:
     the draft that a forward has verified, kept when the cache is cut back (a node's logits depend on
     its path only). A request is answered from ``held_lp`` or ``memo`` without a model call where they
     hold it; otherwise :meth:`to_feed` says what to feed: the path's symbols the cache lacks (after
-    cutting it back to the common prefix) and, while the path is on the draft, the rest of the draft.
-    With an empty draft every request feeds one symbol: the plain search."""
+    cutting it back to the common prefix) and, while the path is on the draft, the draft's next
+    ``max(chunk, verified)`` symbols (so a draft right to its end costs about log2(length / chunk)
+    calls, and one wrong early costs at most ``chunk`` tokens more in one call). The search chooses
+    the draft's first symbol itself: a draft wrong at its first token costs nothing. With an empty
+    draft every request feeds one symbol: the plain search."""
 
-    def __init__(self, draft: Sequence[int] = ()):
-        self.draft = list(draft)
+    def __init__(self, draft: Sequence[int] = (), chunk: int = 32):
+        self.draft, self.chunk = list(draft), chunk
         self.held: list[int] = []
         self.held_lp: list[np.ndarray] = []
         self.path: list[int] = []
@@ -392,11 +398,11 @@ class _Walk:
         """(keep, symbols): cut the cache back to the prompt and ``keep`` held symbols, then feed
         ``symbols`` (the asked one among them)."""
         d = len(self.path)
-        return self.common, self.path[self.common:] + (self.draft[d:] if self.on == d else [])
+        more = self.draft[d:d + max(self.chunk, len(self.memo))] if d and self.on == d else []
+        return self.common, self.path[self.common:] + more
 
-    def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray | None:
-        """After the forward of :meth:`to_feed`: ``lps`` [len(syms), symbols]; the asked node's logprobs
-        (None after the prefill, which asks nothing)."""
+    def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray:
+        """After the forward of :meth:`to_feed`: ``lps`` [len(syms), symbols]; the asked node's logprobs."""
         del self.held[keep:], self.held_lp[keep:]
         self.held += syms
         self.held_lp += list(lps)
@@ -407,34 +413,27 @@ class _Walk:
                 self.sure += 1
         if self.sure > len(self.memo):
             self.memo += self.held_lp[len(self.memo):self.sure]
-        return self.held_lp[len(self.path) - 1] if self.path else None
+        return self.held_lp[len(self.path) - 1]
 
 
 def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                 opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
                 keep: PromptCaches | None = None, draft: Sequence[int] = ()) -> list[tuple[list[int], float]]:
     """One view's search; ``cache``: an empty cache for the prefill (None: the model's own);
-    ``draft``: symbol indices, fed with the prompt in the prefill."""
+    ``draft``: symbol indices (:class:`_Walk`)."""
     device = symbol_ids.device
-    walk = _Walk(draft)
-    _, first = walk.to_feed()
-    plen, k = len(prompt), len(first)
-    seq = np.concatenate([np.asarray(prompt, dtype=np.int64), sym_tokens[first]])
-    ids = torch.as_tensor(seq, device=device)[None]
+    walk = _Walk(draft, DRAFT_CHUNK)
+    ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
     out = model(input_ids=ids, position_ids=positions(0, ids.shape[1], device), past_key_values=cache,
-                use_cache=True, **last_logits_kwargs(model, k + 1))
+                use_cache=True, **last_logits_kwargs(model))
     stats.forwards += 1
-    stats.tokens_fed += k
-    stats.draft_fed += k
-    cache = out.past_key_values
-    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache) * plen / (plen + k)):
-        keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -k - 1])
-    lps = _symbol_logprobs(out.logits[0, -k - 1:], symbol_ids)
-    walk.fed(0, first, lps[1:])
+    cache, plen = out.past_key_values, ids.shape[1]
+    if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache)):
+        keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -1])
     found: list[tuple[list[int], float]] = []
-    gen = _tree_search(lps[0], found, **opts)
+    gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
     req = next(gen, None)
     one = [torch.tensor([[t]], device=device) for t in sym_tokens]
     while req is not None:
@@ -485,7 +484,7 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
                   drafts: Sequence[Sequence[int]] | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
     this way (the caller then runs the views one by one). ``drafts``: each view's own (symbol
-    indices), fed with its prompt in the prefill.
+    indices, :class:`_Walk`).
 
     A row's held symbols are cache columns (``held``); a step feeds each row what its walk asks
     (one symbol, or the path's missing symbols and the rest of its draft), as a block of the step's
@@ -495,35 +494,28 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     columns' visibility and the columns that went dark); it is uploaded whole only when columns are
     dropped or rows leave. A step then costs one upload and one download."""
     device = symbol_ids.device
-    n = len(prompts)
-    lens = [len(p) for p in prompts]
-    walks = [_Walk(d) for d in (drafts or [()] * n)]
-    firsts = [w.to_feed()[1] for w in walks]
-    seqs = [np.concatenate([p, sym_tokens[f]]) for p, f in zip(prompts, firsts)]
-    width, kd = max(len(s) for s in seqs), max(len(f) for f in firsts) + 1
+    n, lens = len(prompts), [len(p) for p in prompts]
+    walks = [_Walk(d, DRAFT_CHUNK) for d in (drafts or [()] * n)]
+    width = max(lens)
     ids = np.full((n, width), pad, dtype=np.int64)
     alive = np.zeros((n, width + 256), dtype=np.int64)  # attention mask, with room to grow
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s):] = s
-        alive[r, width - len(s):width] = 1
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = p
+        alive[r, width - len(p):width] = 1
     pos = np.clip(np.cumsum(alive[:, :width], 1) - 1, 0, None)
     out = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(alive[:, :width]).to(device),
                 position_ids=torch.from_numpy(pos).to(device), past_key_values=cache, use_cache=True,
-                **last_logits_kwargs(model, kd))
+                **last_logits_kwargs(model))
     stats.forwards += 1
-    fed = sum(map(len, firsts))
-    stats.tokens_fed += fed
-    stats.draft_fed += fed
     cache = out.past_key_values
     if not _batchable(cache):
         return None
     if keep is not None and isinstance(cache, SlabCache):
         per_token = cache_bytes(cache) / max(1, n * cache.get_seq_length())
-        for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding or draft
-            start = width - len(seqs[r])
+        for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding
             if keep.wants(p, per_token * len(p)):  # within the budget before the copy is made
-                keep.put(p, cache.copy_of(r, start, start + len(p)), out.logits[r, -len(firsts[r]) - 1])
-    lps0 = _symbol_logprobs(out.logits[:, -kd:], symbol_ids)
+                keep.put(p, cache.copy_of(r, width - len(p), width), out.logits[r, -1])
+    root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
     mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)
     found: list[list] = [[] for _ in range(n)]
     gens, reqs, held = {}, {}, {}
@@ -541,10 +533,8 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
             reqs.pop(v, None)
 
     for v in range(n):
-        k = len(firsts[v])
-        walks[v].fed(0, firsts[v], lps0[v, kd - k:])
-        held[v] = list(range(width - k, width))
-        gens[v] = _tree_search(lps0[v, kd - k - 1], found[v], **opts)
+        held[v] = []
+        gens[v] = _tree_search(root[v], found[v], **opts)
         answer(v, None)
     rows = list(range(n))  # batch row -> view
     ncols = width

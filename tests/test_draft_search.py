@@ -43,26 +43,27 @@ def variants(ids) -> dict[str, list[int]]:
 # --- the walk by hand ----------------------------------------------------------------------------
 
 def test_walk_by_hand():
-    lp = {name: np.full(3, float(i)) for i, name in enumerate(["a", "b", "c", "x", "y"])}
-    w = _Walk([1, 2, 3])
-    assert w.to_feed() == (0, [1, 2, 3])              # the prefill feeds the whole draft
-    assert w.fed(0, [1, 2, 3], [lp["a"], lp["b"], lp["c"]]) is None
-    assert w.ask(0, 1) is lp["a"] and w.ask(1, 2) is lp["b"]   # on the draft: no call
-    assert w.ask(2, 7) is None                         # off it at its last token
-    assert w.to_feed() == (2, [7])                     # cut back to [1, 2], feed 7 alone
-    assert w.fed(2, [7], [lp["x"]]) is lp["x"]
-    assert w.ask(2, 3) is lp["c"]                      # back on the draft: verified before, no call
+    a, b, c, d, x, y = (np.full(3, float(i)) for i in range(6))
+    w = _Walk([1, 2, 3, 4, 5, 6], chunk=2)
+    assert w.ask(0, 1) is None                         # the search took the draft's first symbol
+    assert w.to_feed() == (0, [1, 2, 3])               # it, and the next chunk (2) of the draft
+    assert w.fed(0, [1, 2, 3], [a, b, c]) is a
+    assert w.ask(1, 2) is b and w.ask(2, 3) is c       # on the draft: no call
     assert w.ask(3, 4) is None
-    assert w.to_feed() == (2, [3, 4])                  # the cache holds [1, 2, 7]: feed what the path lacks
-    assert w.fed(2, [3, 4], [lp["c"], lp["y"]]) is lp["y"]
-    assert w.ask(1, 9) is None and w.to_feed() == (1, [9])
+    assert w.to_feed() == (3, [4, 5, 6])               # as many as are verified (3), up to the draft's end
+    assert w.fed(3, [4, 5, 6], [d, x, y]) is d
+    assert w.ask(2, 7) is None and w.to_feed() == (2, [7])   # off the draft: cut back to [1, 2], one symbol
+    assert w.fed(2, [7], [x]) is x
+    assert w.ask(2, 3) is c and w.ask(3, 4) is d       # back on it: verified before, no call
+    assert w.ask(4, 9) is None
+    assert w.to_feed() == (2, [3, 4, 9])               # the cache holds [1, 2, 7]: feed what the path lacks
+    assert w.fed(2, [3, 4, 9], [c, d, y]) is y
+    assert w.ask(1, 8) is None and w.to_feed() == (1, [8])
 
 
 def test_walk_without_a_draft_feeds_one_symbol_a_call():
     w = _Walk()
-    assert w.to_feed() == (0, [])
-    w.fed(0, [], [])
-    for depth, sym in [(0, 4), (1, 5), (1, 6), (0, 7)]:
+    for depth, sym in [(0, 4), (1, 5), (1, 6), (0, 7), (1, 5)]:
         assert w.ask(depth, sym) is None and w.to_feed() == (depth, [sym])
         w.fed(depth, [sym], [np.zeros(3)])
 
@@ -102,18 +103,24 @@ def copy_answer(task: Task) -> np.ndarray:
 
 
 @pytest.mark.parametrize("preallocate", [True, False])
-def test_the_calls_counted_by_hand(preallocate):
-    """One confident answer of L tokens (the end included): plain search makes 1 + (L - 1) calls (the
-    prefill, then every token but the end); a right draft 1; a draft wrong at token j
-    1 + (L - 1 - j): the prefill verifies the j right tokens, then one call a token."""
-    task = Task("t", (Pair(G([[1, 2], [3, 4]]), G([[1, 2], [3, 4]])),), (G([[5, 6, 7], [8, 9, 0]]),), None)
+@pytest.mark.parametrize("side, right_calls", [(2, 2), (6, 3)])
+def test_the_calls_counted_by_hand(preallocate, side, right_calls):
+    """One confident answer of L tokens (the end included): plain search makes L calls (the prefill,
+    then every token but the end). A right draft: the prefill, then one call at the first token
+    verifying the next 32 (``DRAFT_CHUNK``), then one verifying as many again: a 2 x 2 answer
+    (L = 7) costs 2 calls, a 6 x 6 one (L = 43: 1 + 32 symbols, then the other 10) 3. A draft wrong
+    at token j (j >= 1, L <= 33): 2 + (L - 1 - j), the prefill, the call verifying the j right
+    tokens, then one a token; wrong at the first token it is not taken: L."""
+    query = np.arange(side * side).reshape(side, side) % 10
+    task = Task("t", (Pair(G([[1, 2], [3, 4]]), G([[1, 2], [3, 4]])),), (G(query),), None)
     prompt = encode(task.train, task.test_inputs[0], TM).ids
     truth = copy_answer(task).tolist()
     L = len(truth)
+    cases = [(None, L), (truth, right_calls), (variants(truth)["first"], L)]
+    if L <= 33:
+        cases += [(variants(truth)[k], 2 + (L - 1 - j)) for k, j in (("middle", (L - 1) // 2), ("last", L - 2))]
     model = TableLM(copy_query_fn())
-    for draft, calls in [(None, L), (truth, 1)] + [(variants(truth)[k], 1 + (L - 1 - j))
-                                                    for k, j in (("first", 0), ("middle", (L - 1) // 2),
-                                                                 ("last", L - 2))]:
+    for draft, calls in cases:
         model.calls = 0
         got = search_prompts(model, [prompt], TM, threshold=0.05, drafts=[draft], preallocate=preallocate)[0]
         assert [c.ids for c in got] == [truth] and model.calls == calls, (draft, model.calls, calls)
@@ -211,12 +218,14 @@ def test_search_test_input_same_candidates_fewer_calls(arc1_train, batch):
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_search_test_input_calls_counted_by_hand(arc1_train, batch):
+def test_search_test_input_calls_counted_by_hand(arc1_train, batch, monkeypatch):
     """One confident answer a view, of L_v tokens in view v's frame. Plain: sum_v L_v calls one view
-    at a time, max_v L_v in lock-step (the prefill, then a step a token but the end). Drafts one by
-    one: the first view costs 1 call when its draft (the test input) is its answer (every
-    demonstration keeps its shape, and the stand-in copies) else L_0; each later view 1 (its prefill
-    verifies the first's answer). In lock-step every view gets only the test input: 1 call, or max_v L_v."""
+    at a time, max_v L_v in lock-step (the prefill, then a step a token but the end). Drafts (verified
+    whole in one call here) one by one: the first view costs 2 calls when its draft, the test input,
+    is its answer (every demonstration keeps its shape, and the stand-in copies) else L_0; each later
+    view 2 (the first's answer, in its frame). In lock-step every view gets the test input only: 2
+    calls, or max_v L_v."""
+    monkeypatch.setattr(search, "DRAFT_CHUNK", 10_000)
     keeps = [t for t in arc1_train if all(p.input.shape == p.output.shape for p in t.train)]
     changes = [t for t in arc1_train if any(p.input.shape != p.output.shape for p in t.train)]
     augs = [Augmentation(), Augmentation("rot90", (0, 2, 1, 3, 4, 5, 6, 7, 8, 9)),
@@ -224,8 +233,8 @@ def test_search_test_input_calls_counted_by_hand(arc1_train, batch):
     for task in (min(keeps, key=lambda t: t.cells()), min(changes, key=lambda t: t.cells())):
         views = [(a, encode(a.pairs(task.train), a.grid(task.test_inputs[0]), TM).ids) for a in augs]
         lens = [len(answer_ids(a.grid(task.test_inputs[0]), TM)) for a in augs]
-        first = 1 if task in keeps else lens[0]
-        expected = (max(lens), 1 if task in keeps else max(lens)) if batch else (sum(lens), first + 3)
+        first = 2 if task in keeps else lens[0]
+        expected = (max(lens), 2 if task in keeps else max(lens)) if batch else (sum(lens), first + 6)
         calls = []
         for draft in (False, True):
             stats = SearchStats()
