@@ -39,9 +39,10 @@ log-probabilities, which choose the next branch). The prompt caches the scoring 
 (the identity view's) can be kept (``keep``: :class:`arcttt.kvcache.PromptCaches`).
 
 Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given a draft, a
-guess at its answer: one by one, the best candidate found so far in the earlier views, mapped into
-this view's frame (:func:`search_test_input`); before any, and in lock-step where all views start
-together, the test input itself when every demonstration keeps its shape. When the search takes
+guess at its answer: one by one, the best candidates found so far in the earlier views (up to
+``MAX_DRAFTS``), mapped into this view's frame (:func:`search_test_input`); before any, and in
+lock-step where all views start together, the test input itself when every demonstration keeps its
+shape. The path follows the first draft it is on. When the search takes
 the draft's first symbol, the draft's next symbols are fed with it (``DRAFT_CHUNK`` = 32 at first,
 then as many as are verified already), so one forward gives the logits after each of their
 prefixes; the tree search walks them without a model call while its path is on the draft, and
@@ -80,6 +81,7 @@ MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a n
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
 NEWLINE, END = 10, 11
 DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already
+MAX_DRAFTS = 4    # a view's drafts: the best candidates so far (a noisy view's first choice is often the second)
 COMPACT_MIN_COLUMNS = 64  # batched search: drop dead cache columns once this many (and a quarter) are dead
 
 
@@ -355,50 +357,59 @@ def _crop_to(cache, length: int):
 
 
 class _Walk:
-    """One view's bookkeeping between its tree search and its cache, with a draft.
+    """One view's bookkeeping between its tree search and its cache, with drafts.
 
-    ``draft``: symbol indices (the end excluded) the search may walk; ``held``: the symbols after the
-    prompt that the cache holds, with ``held_lp`` the symbols' logprobs after each; ``path``: the tree
-    search's current path (mirrored from its requests); ``memo``: the logprobs after each prefix of
-    the draft that a forward has verified, kept when the cache is cut back (a node's logits depend on
-    its path only). A request is answered from ``held_lp`` or ``memo`` without a model call where they
-    hold it; otherwise :meth:`to_feed` says what to feed: the path's symbols the cache lacks (after
-    cutting it back to the common prefix) and, while the path is on the draft, the draft's next
-    ``max(chunk, verified)`` symbols (so a draft right to its end costs about log2(length / chunk)
-    calls, and one wrong early costs at most ``chunk`` tokens more in one call). The search chooses
-    the draft's first symbol itself: a draft wrong at its first token costs nothing. With an empty
-    draft every request feeds one symbol: the plain search."""
+    ``drafts``: guesses at the answer, best first, as symbol indices (the end excluded) the search
+    may walk; ``held``: the symbols after the prompt that the cache holds, with ``held_lp`` the
+    symbols' logprobs after each; ``path``: the tree search's current path (mirrored from its
+    requests); ``memo[j]``: the logprobs after each prefix of draft ``j`` that a forward has verified,
+    kept when the cache is cut back (a node's logits depend on its path only). A request is answered
+    from ``held_lp`` or a memo without a model call where they hold it; otherwise :meth:`to_feed`
+    says what to feed: the path's symbols the cache lacks (after cutting it back to the common
+    prefix) and, while the path is on a draft, that draft's next ``max(chunk, verified)`` symbols (so
+    a draft right to its end costs about log2(length / chunk) calls, and one wrong early at most
+    ``chunk`` tokens more in one call). The search chooses a draft's first symbol itself: a draft
+    wrong at its first token costs nothing. Without drafts every request feeds one symbol: the plain
+    search."""
 
-    def __init__(self, draft: Sequence[int] = (), chunk: int = 32):
-        self.draft, self.chunk = list(draft), chunk
+    def __init__(self, drafts: Sequence[Sequence[int]] = (), chunk: int = 32):
+        self.drafts, self.chunk = [list(d) for d in drafts if len(d)], chunk
         self.held: list[int] = []
         self.held_lp: list[np.ndarray] = []
         self.path: list[int] = []
-        self.memo: list[np.ndarray] = []
-        self.common = 0   # common prefix of held and path
-        self.on = 0       # common prefix of path and draft
-        self.sure = 0     # common prefix of held and draft
+        self.memo: list[list[np.ndarray]] = [[] for _ in self.drafts]
+        self.common = 0                       # common prefix of held and path
+        self.on = [0] * len(self.drafts)      # common prefix of path and each draft
+        self.sure = [0] * len(self.drafts)    # common prefix of held and each draft
 
     def ask(self, depth: int, sym: int) -> np.ndarray | None:
         """The tree search asks for the logprobs after ``sym`` as token ``depth``: them, if known."""
         del self.path[depth:]
-        self.common, self.on = min(self.common, depth), min(self.on, depth)
         self.path.append(sym)
+        self.common = min(self.common, depth)
         if self.common == depth and depth < len(self.held) and self.held[depth] == sym:
             self.common += 1
-        if self.on == depth and depth < len(self.draft) and self.draft[depth] == sym:
-            self.on += 1
-        if self.on == depth + 1 and depth < len(self.memo):
-            return self.memo[depth]
-        if self.common == depth + 1:
-            return self.held_lp[depth]
-        return None
+        known = None
+        for j, draft in enumerate(self.drafts):
+            on = min(self.on[j], depth)
+            if on == depth and depth < len(draft) and draft[depth] == sym:
+                on += 1
+                if known is None and depth < len(self.memo[j]):
+                    known = self.memo[j][depth]
+            self.on[j] = on
+        if known is not None:
+            return known
+        return self.held_lp[depth] if self.common == depth + 1 else None
 
     def to_feed(self) -> tuple[int, list[int]]:
         """(keep, symbols): cut the cache back to the prompt and ``keep`` held symbols, then feed
         ``symbols`` (the asked one among them)."""
         d = len(self.path)
-        more = self.draft[d:d + max(self.chunk, len(self.memo))] if d and self.on == d else []
+        more: list[int] = []
+        for j, draft in enumerate(self.drafts):
+            if d and self.on[j] == d and d < len(draft):  # the first draft the path is on
+                more = draft[d:d + max(self.chunk, len(self.memo[j]))]
+                break
         return self.common, self.path[self.common:] + more
 
     def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray:
@@ -407,22 +418,25 @@ class _Walk:
         self.held += syms
         self.held_lp += list(lps)
         self.common = len(self.path)
-        self.sure = min(self.sure, keep)
-        if self.sure == keep:
-            while self.sure < min(len(self.held), len(self.draft)) and self.held[self.sure] == self.draft[self.sure]:
-                self.sure += 1
-        if self.sure > len(self.memo):
-            self.memo += self.held_lp[len(self.memo):self.sure]
+        for j, draft in enumerate(self.drafts):
+            sure = min(self.sure[j], keep)
+            if sure == keep:
+                while sure < min(len(self.held), len(draft)) and self.held[sure] == draft[sure]:
+                    sure += 1
+            self.sure[j] = sure
+            if sure > len(self.memo[j]):
+                self.memo[j] += self.held_lp[len(self.memo[j]):sure]
         return self.held_lp[len(self.path) - 1]
 
 
 def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                 opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
-                keep: PromptCaches | None = None, draft: Sequence[int] = ()) -> list[tuple[list[int], float]]:
+                keep: PromptCaches | None = None,
+                drafts: Sequence[Sequence[int]] = ()) -> list[tuple[list[int], float]]:
     """One view's search; ``cache``: an empty cache for the prefill (None: the model's own);
-    ``draft``: symbol indices (:class:`_Walk`)."""
+    ``drafts``: guesses as symbol indices (:class:`_Walk`)."""
     device = symbol_ids.device
-    walk = _Walk(draft, DRAFT_CHUNK)
+    walk = _Walk(drafts, DRAFT_CHUNK)
     ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
@@ -481,10 +495,10 @@ def _drop_columns(cache, keep: torch.Tensor) -> None:
 def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                   opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
                   keep: PromptCaches | None = None,
-                  drafts: Sequence[Sequence[int]] | None = None) -> list[list[tuple[list[int], float]]] | None:
+                  drafts: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
-    this way (the caller then runs the views one by one). ``drafts``: each view's own (symbol
-    indices, :class:`_Walk`).
+    this way (the caller then runs the views one by one). ``drafts``: each view's own guesses
+    (symbol indices, :class:`_Walk`).
 
     A row's held symbols are cache columns (``held``); a step feeds each row what its walk asks
     (one symbol, or the path's missing symbols and the rest of its draft), as a block of the step's
@@ -609,7 +623,7 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                    deadline: float | None = None, device: torch.device | str | None = None,
                    stats: SearchStats | None = None, preallocate: bool = True,
                    keep: PromptCaches | None = None,
-                   drafts: Sequence[Sequence[int] | None] | None = None) -> list[list[Completion]]:
+                   drafts: Sequence[Sequence[Sequence[int]] | None] | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
     most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
     ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`).
@@ -617,8 +631,9 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
     ``preallocate``: give the prefills a :class:`arcttt.kvcache.SlabCache` (appends in place, crops
     move a length) where the model takes one; False: the model's own cache (``DynamicCache``).
     ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring).
-    ``drafts``: per prompt, a guess at its answer (token ids, e.g. ``answer_ids`` of a grid) or None:
-    fed with the prompt and walked where the search goes its way (the same completions, fewer calls)."""
+    ``drafts``: per prompt, guesses at its answer, best first (each token ids, e.g. ``answer_ids`` of
+    a grid), or None: verified in one forward where the search goes their way (the same completions,
+    fewer calls; see the module doc)."""
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
@@ -629,7 +644,8 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                 max_new=gram.max_tokens if max_new_tokens is None else max_new_tokens,
                 grammar=grammar, renormalize=renormalize, greedy=greedy, gram=gram)
     prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
-    syms = [draft_symbols(d, gram, opts["max_new"]) for d in (drafts or [None] * len(prompts))]
+    syms = [[draft_symbols(d, gram, opts["max_new"]) for d in guesses or ()]
+            for guesses in (drafts or [None] * len(prompts))]
     if len(syms) != len(prompts):
         raise ValueError(f"{len(syms)} drafts for {len(prompts)} prompts")
     results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
@@ -769,22 +785,22 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
             break
         drafts = None
         if cfg.draft:
-            guess = _best_guess(merged, task, test_index)
-            drafts = [None if guess is None else answer_ids(pairs[v][0].grid(guess), tm) for v in wave]
+            guesses = _guesses(merged, task, test_index)
+            drafts = [[answer_ids(pairs[v][0].grid(g), tm) for g in guesses] for v in wave]
         results = search_prompts(model, [pairs[v][1] for v in wave], tm, drafts=drafts, **kw)
         for v, comps in zip(wave, results):
             _merge(merged, pairs[v][0], comps, tm, cfg.max_candidates_per_view)
     return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
 
 
-def _best_guess(merged: dict[tuple, Candidate], task: Task, test_index: int) -> np.ndarray | None:
-    """The draft, in the task's frame: the best candidate so far (most found, then most likely);
-    before any, the test input itself when every demonstration keeps its grid's shape; else None."""
+def _guesses(merged: dict[tuple, Candidate], task: Task, test_index: int) -> list[np.ndarray]:
+    """The drafts, in the task's frame: the best ``MAX_DRAFTS`` candidates so far (most found, then
+    most likely); before any, the test input itself when every demonstration keeps its grid's shape."""
     if merged:
-        return min(merged.values(), key=lambda c: (-c.hits, -c.search_logprob)).grid
+        return [c.grid for c in sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))[:MAX_DRAFTS]]
     if task.train and all(p.input.shape == p.output.shape for p in task.train):
-        return task.test_inputs[test_index]
-    return None
+        return [task.test_inputs[test_index]]
+    return []
 
 
 def _merge(merged: dict[tuple, Candidate], aug: Augmentation, comps: list[Completion], tm, cap: int) -> None:

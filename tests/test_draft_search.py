@@ -44,7 +44,7 @@ def variants(ids) -> dict[str, list[int]]:
 
 def test_walk_by_hand():
     a, b, c, d, x, y = (np.full(3, float(i)) for i in range(6))
-    w = _Walk([1, 2, 3, 4, 5, 6], chunk=2)
+    w = _Walk([[1, 2, 3, 4, 5, 6]], chunk=2)
     assert w.ask(0, 1) is None                         # the search took the draft's first symbol
     assert w.to_feed() == (0, [1, 2, 3])               # it, and the next chunk (2) of the draft
     assert w.fed(0, [1, 2, 3], [a, b, c]) is a
@@ -59,6 +59,17 @@ def test_walk_by_hand():
     assert w.to_feed() == (2, [3, 4, 9])               # the cache holds [1, 2, 7]: feed what the path lacks
     assert w.fed(2, [3, 4, 9], [c, d, y]) is y
     assert w.ask(1, 8) is None and w.to_feed() == (1, [8])
+
+
+def test_walk_with_two_drafts_by_hand():
+    a, b, c, x, y = (np.full(3, float(i)) for i in range(5))
+    w = _Walk([[1, 2, 3], [1, 5, 6]], chunk=2)
+    assert w.ask(0, 1) is None and w.to_feed() == (0, [1, 2, 3])   # on both: the first one is fed
+    w.fed(0, [1, 2, 3], [a, b, c])
+    assert w.ask(1, 5) is None and w.to_feed() == (1, [5, 6])      # on the second only: it is fed
+    assert w.fed(1, [5, 6], [x, y]) is x
+    assert w.ask(2, 6) is y                                         # verified by that call
+    assert w.ask(1, 2) is b and w.ask(2, 3) is c                    # the first's memo outlived the cut
 
 
 def test_walk_without_a_draft_feeds_one_symbol_a_call():
@@ -90,12 +101,22 @@ def test_drafts_change_nothing_but_the_calls_digits(seed, preallocate, batch, mo
         drafts = [variants(b)[name] for b in best]
         stats = SearchStats()
         got = search_prompts(model, prompts, TM, threshold=threshold, max_new_tokens=max_new, batch=batch,
-                             preallocate=preallocate, drafts=drafts, stats=stats)
+                             preallocate=preallocate, drafts=[[d] for d in drafts], stats=stats)
         for g, s in zip(got, plain):
             assert_same(g, {tuple(c.ids): c.logprob for c in s}, threshold, tol=1e-6)
         assert model.calls <= plain_calls, name
         if name == "right":
             assert model.calls < plain_calls and stats.verified > 0
+    # several drafts a view: every completion (least likely first), and a wrong one before the right one
+    for guesses in ([[c.ids for c in reversed(cs)] for cs in plain],
+                    [[variants(b)["middle"], b] for b in best]):
+        model.calls = 0
+        got = search_prompts(model, prompts, TM, threshold=threshold, max_new_tokens=max_new, batch=batch,
+                             preallocate=preallocate, drafts=guesses)
+        for g, s in zip(got, plain):
+            assert_same(g, {tuple(c.ids): c.logprob for c in s}, threshold, tol=1e-6)
+        # in lock-step a step waits for the slowest view, so a saving in another view need not show
+        assert model.calls <= plain_calls if batch else model.calls < plain_calls
 
 
 def copy_answer(task: Task) -> np.ndarray:
@@ -122,7 +143,7 @@ def test_the_calls_counted_by_hand(preallocate, side, right_calls):
     model = TableLM(copy_query_fn())
     for draft, calls in cases:
         model.calls = 0
-        got = search_prompts(model, [prompt], TM, threshold=0.05, drafts=[draft], preallocate=preallocate)[0]
+        got = search_prompts(model, [prompt], TM, threshold=0.05, drafts=[[draft] if draft else None], preallocate=preallocate)[0]
         assert [c.ids for c in got] == [truth] and model.calls == calls, (draft, model.calls, calls)
 
 
@@ -154,7 +175,7 @@ def test_drafts_change_nothing_template_formats(fmt, max_new, batch):
     for draft in (canonical, other, wrong_middle + list(tm.end), [tm.end[0]], canonical[:1]):
         model.calls = 0
         got = search_prompts(model, prompts, tm, threshold=threshold, max_new_tokens=max_new, batch=batch,
-                             drafts=[draft, draft])
+                             drafts=[[draft], [draft]])
         for g, s in zip(got, plain):
             assert_same(g, {tuple(c.ids): c.logprob for c in s}, threshold, tol=1e-6)
 
@@ -174,7 +195,7 @@ def test_drafts_on_a_real_llama(small_task, batch, preallocate):
     assert sum(map(len, plain)) >= 4
     for name in ("right", "middle"):
         drafts = [variants(cs[0].ids)[name] if cs else None for cs in plain]
-        got = search_prompts(model, prompts, TM, drafts=drafts, stats=draft_stats, **kw)
+        got = search_prompts(model, prompts, TM, drafts=[[d] if d else None for d in drafts], stats=draft_stats, **kw)
         for p, g, s in zip(prompts, got, plain):
             assert_same(g, {tuple(c.ids): c.logprob for c in s}, 0.005, tol=1e-4)
             for c in g:
