@@ -110,8 +110,10 @@ class SearchConfig:
     seed: int = 0
     """Seed of the views' augmentations."""
     draft: bool = True
-    """Draft-verified search: each view is given the best answer found so far (in an earlier view,
-    mapped into its frame) and verifies it in one forward (see the module doc); the same completions."""
+    """Draft-verified search (see the module doc): a view one by one is given the best answers found
+    so far in earlier views, mapped into its frame, and verifies them in one forward; in lock-step
+    (all views at once) only the test input, where the demonstrations keep their shapes. The same
+    completions, never more model calls."""
 
     def __post_init__(self):
         errors = []
