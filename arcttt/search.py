@@ -37,6 +37,25 @@ dropped from time to time, and a view that is done leaves the batch. This needs 
 A step costs one upload (tokens, positions, the mask's changes) and one download (the symbols'
 log-probabilities, which choose the next branch). The prompt caches the scoring will need again
 (the identity view's) can be kept (``keep``: :class:`arcttt.kvcache.PromptCaches`).
+
+Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given a draft, a
+guess at its answer: one by one, the best candidates found so far in the earlier views (up to
+``MAX_DRAFTS``), mapped into this view's frame (:func:`search_test_input`); before any, and in
+lock-step where all views start together, the test input itself when every demonstration keeps its
+shape. The path follows the first draft it is on. When the search takes
+the draft's first symbol, the draft's next symbols are fed with it (``DRAFT_CHUNK`` = 32 at first,
+then as many as are verified already), so one forward gives the logits after each of their
+prefixes; the tree search walks them without a model call while its path is on the draft, and
+where it leaves, the cache is cut back (``crop``; in lock-step the row's columns go dark) and it
+decodes one token a call as before (:class:`_Walk`). Logits verified once stay known for the
+draft's path, so coming back to it after a sibling costs no call; a later forward feeds the path's
+tokens the cache lacks. A node's logits depend only on its path, so the completions are the plain
+search's, with their probabilities, except for float rounding: a multi-token forward may round
+differently from one-token forwards (about 1e-6 in float32), so a completion within that of the
+threshold can be kept by one and cut by the other; the tests compare outside that band. Never more
+model calls than without the draft (each call answers a node the plain search would also call
+for); a draft wrong at its first token costs nothing, one wrong later at most ``DRAFT_CHUNK`` (or
+the verified length) more tokens in a call, plus the path's tokens re-fed after a cut.
 """
 
 from __future__ import annotations
@@ -55,12 +74,14 @@ import torch
 from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
-from arcttt.formats import TemplateMap, TokenMap, parse_answer
+from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
 from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_cache
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
 N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
 NEWLINE, END = 10, 11
+DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already
+MAX_DRAFTS = 4    # a view's drafts: the best candidates so far (a noisy view's first choice is often the second)
 COMPACT_MIN_COLUMNS = 64  # batched search: drop dead cache columns once this many (and a quarter) are dead
 
 
@@ -88,6 +109,11 @@ class SearchConfig:
     """Renormalise the probabilities over the answer symbols the grammar allows (see module doc)."""
     seed: int = 0
     """Seed of the views' augmentations."""
+    draft: bool = True
+    """Draft-verified search (see the module doc): a view one by one is given the best answers found
+    so far in earlier views, mapped into its frame, and verifies them in one forward; in lock-step
+    (all views at once) only the test input, where the demonstrations keep their shapes. The same
+    completions, never more model calls."""
 
     def __post_init__(self):
         errors = []
@@ -120,7 +146,9 @@ class SearchStats:
 
     views: int = 0
     forwards: int = 0       # model calls, prefills included
-    tokens_fed: int = 0     # answer tokens fed one by one after the prompts (summed over rows)
+    tokens_fed: int = 0     # answer tokens fed after the prompts (summed over rows), drafts included
+    draft_fed: int = 0      # of those, draft tokens fed beyond the one the search asked for
+    verified: int = 0       # tree nodes whose logits came from a draft's forward (no model call of their own)
     completions: int = 0
     timed_out: bool = False
     oom: bool = False       # out of memory: the views searched before it keep their completions
@@ -183,15 +211,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def last_logits_kwargs(model: torch.nn.Module) -> dict:
-    """``logits_to_keep=1`` where the model takes it: a prefill then computes only the last
-    position's logits (a long prompt's full logits over a big vocabulary do not fit)."""
+def last_logits_kwargs(model: torch.nn.Module, n: int = 1) -> dict:
+    """``logits_to_keep=n`` where the model takes it: a prefill then computes only the last ``n``
+    positions' logits (a long prompt's full logits over a big vocabulary do not fit)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return {}
     takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return {"logits_to_keep": 1} if takes else {}
+    return {"logits_to_keep": n} if takes else {}
 
 
 def positions(start: int, n: int, device, rows: int = 1) -> torch.Tensor:
@@ -330,11 +358,87 @@ def _crop_to(cache, length: int):
     return cache
 
 
-def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[torch.Tensor],
+class _Walk:
+    """One view's bookkeeping between its tree search and its cache, with drafts.
+
+    ``drafts``: guesses at the answer, best first, as symbol indices (the end excluded) the search
+    may walk; ``held``: the symbols after the prompt that the cache holds, with ``held_lp`` the
+    symbols' logprobs after each; ``path``: the tree search's current path (mirrored from its
+    requests); ``memo[j]``: the logprobs after each prefix of draft ``j`` that a forward has verified,
+    kept when the cache is cut back (a node's logits depend on its path only). A request is answered
+    from ``held_lp`` or a memo without a model call where they hold it; otherwise :meth:`to_feed`
+    says what to feed: the path's symbols the cache lacks (after cutting it back to the common
+    prefix) and, while the path is on a draft, that draft's next ``max(chunk, verified)`` symbols (so
+    a draft right to its end costs about log2(length / chunk) calls, and one wrong early at most
+    ``chunk`` tokens more in one call). The search chooses a draft's first symbol itself: a draft
+    wrong at its first token costs nothing. Without drafts every request feeds one symbol: the plain
+    search."""
+
+    def __init__(self, drafts: Sequence[Sequence[int]] = (), chunk: int = 32):
+        self.drafts, self.chunk = [list(d) for d in drafts if len(d)], chunk
+        self.held: list[int] = []
+        self.held_lp: list[np.ndarray] = []
+        self.path: list[int] = []
+        self.memo: list[list[np.ndarray]] = [[] for _ in self.drafts]
+        self.common = 0                       # common prefix of held and path
+        self.on = [0] * len(self.drafts)      # common prefix of path and each draft
+        self.sure = [0] * len(self.drafts)    # common prefix of held and each draft
+
+    def ask(self, depth: int, sym: int) -> np.ndarray | None:
+        """The tree search asks for the logprobs after ``sym`` as token ``depth``: them, if known."""
+        del self.path[depth:]
+        self.path.append(sym)
+        self.common = min(self.common, depth)
+        if self.common == depth and depth < len(self.held) and self.held[depth] == sym:
+            self.common += 1
+        known = None
+        for j, draft in enumerate(self.drafts):
+            on = min(self.on[j], depth)
+            if on == depth and depth < len(draft) and draft[depth] == sym:
+                on += 1
+                if known is None and depth < len(self.memo[j]):
+                    known = self.memo[j][depth]
+            self.on[j] = on
+        if known is not None:
+            return known
+        return self.held_lp[depth] if self.common == depth + 1 else None
+
+    def to_feed(self) -> tuple[int, list[int]]:
+        """(keep, symbols): cut the cache back to the prompt and ``keep`` held symbols, then feed
+        ``symbols`` (the asked one among them)."""
+        d = len(self.path)
+        more: list[int] = []
+        for j, draft in enumerate(self.drafts):
+            if d and self.on[j] == d and d < len(draft):  # the first draft the path is on
+                more = draft[d:d + max(self.chunk, len(self.memo[j]))]
+                break
+        return self.common, self.path[self.common:] + more
+
+    def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray:
+        """After the forward of :meth:`to_feed`: ``lps`` [len(syms), symbols]; the asked node's logprobs."""
+        del self.held[keep:], self.held_lp[keep:]
+        self.held += syms
+        self.held_lp += list(lps)
+        self.common = len(self.path)
+        for j, draft in enumerate(self.drafts):
+            sure = min(self.sure[j], keep)
+            if sure == keep:
+                while sure < min(len(self.held), len(draft)) and self.held[sure] == draft[sure]:
+                    sure += 1
+            self.sure[j] = sure
+            if sure > len(self.memo[j]):
+                self.memo[j] += self.held_lp[len(self.memo[j]):sure]
+        return self.held_lp[len(self.path) - 1]
+
+
+def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                 opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
-                keep: PromptCaches | None = None) -> list[tuple[list[int], float]]:
-    """One view's search; ``cache``: an empty cache for the prefill (None: the model's own)."""
+                keep: PromptCaches | None = None,
+                drafts: Sequence[Sequence[int]] = ()) -> list[tuple[list[int], float]]:
+    """One view's search; ``cache``: an empty cache for the prefill (None: the model's own);
+    ``drafts``: guesses as symbol indices (:class:`_Walk`)."""
     device = symbol_ids.device
+    walk = _Walk(drafts, DRAFT_CHUNK)
     ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
@@ -347,19 +451,27 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, feed: list[
     found: list[tuple[list[int], float]] = []
     gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
     req = next(gen, None)
+    one = [torch.tensor([[t]], device=device) for t in sym_tokens]
     while req is not None:
-        if _past(deadline):
-            stats.timed_out = True
-            break
-        depth, sym = req
-        cache = _crop_to(cache, plen + depth)
-        out = model(input_ids=feed[sym], position_ids=positions(plen + depth, 1, device), past_key_values=cache,
-                    use_cache=True)
-        cache = out.past_key_values
-        stats.forwards += 1
-        stats.tokens_fed += 1
+        lp = walk.ask(*req)
+        if lp is None:
+            if _past(deadline):
+                stats.timed_out = True
+                break
+            held, syms = walk.to_feed()
+            cache = _crop_to(cache, plen + held)
+            feed = one[syms[0]] if len(syms) == 1 else torch.as_tensor(sym_tokens[syms], device=device)[None]
+            out = model(input_ids=feed, position_ids=positions(plen + held, len(syms), device),
+                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            stats.forwards += 1
+            stats.tokens_fed += len(syms)
+            stats.draft_fed += len(syms) - (len(walk.path) - held)
+            lp = walk.fed(held, syms, _symbol_logprobs(out.logits[0, -len(syms):], symbol_ids))
+        else:
+            stats.verified += 1
         try:
-            req = gen.send(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0])
+            req = gen.send(lp)
         except StopIteration:
             req = None
     gen.close()
@@ -384,17 +496,22 @@ def _drop_columns(cache, keep: torch.Tensor) -> None:
 
 def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                   opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
-                  keep: PromptCaches | None = None) -> list[list[tuple[list[int], float]]] | None:
+                  keep: PromptCaches | None = None,
+                  drafts: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
-    this way (the caller then runs the views one by one).
+    this way (the caller then runs the views one by one). ``drafts``: each view's own guesses
+    (symbol indices, :class:`_Walk`).
 
-    The attention mask lives twice: ``alive`` on the host (the bookkeeping: which columns each row
-    sees) and ``mask`` on the device, updated in place from one small upload a step (the step's
-    tokens, positions and the columns that went dark); it is uploaded whole only when columns are
-    dropped or rows leave. A step then costs one upload and one download (the symbols'
-    log-probabilities, which choose the next branch)."""
+    A row's held symbols are cache columns (``held``); a step feeds each row what its walk asks
+    (one symbol, or the path's missing symbols and the rest of its draft), as a block of the step's
+    longest feed: a row's shorter feed leaves its last columns dark to it. The attention mask lives
+    twice: ``alive`` on the host (the bookkeeping: which columns each row sees) and ``mask`` on the
+    device, updated in place from one small upload a step (the step's tokens, positions, the new
+    columns' visibility and the columns that went dark); it is uploaded whole only when columns are
+    dropped or rows leave. A step then costs one upload and one download."""
     device = symbol_ids.device
     n, lens = len(prompts), [len(p) for p in prompts]
+    walks = [_Walk(d, DRAFT_CHUNK) for d in (drafts or [()] * n)]
     width = max(lens)
     ids = np.full((n, width), pad, dtype=np.int64)
     alive = np.zeros((n, width + 256), dtype=np.int64)  # attention mask, with room to grow
@@ -417,12 +534,24 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
     mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)
     found: list[list] = [[] for _ in range(n)]
-    gens, reqs, paths = {}, {}, {}
+    gens, reqs, held = {}, {}, {}
+
+    def answer(v: int, lp) -> None:
+        """Send ``lp`` to view ``v``'s search (None: start it), then answer its requests from its
+        walk until one needs the model (left in ``reqs``) or it is done."""
+        try:
+            req = next(gens[v]) if lp is None else gens[v].send(lp)
+            while (lp := walks[v].ask(*req)) is not None:
+                stats.verified += 1
+                req = gens[v].send(lp)
+            reqs[v] = req
+        except StopIteration:
+            reqs.pop(v, None)
+
     for v in range(n):
-        gen = _tree_search(root[v], found[v], **opts)
-        req = next(gen, None)
-        if req is not None:
-            gens[v], reqs[v], paths[v] = gen, req, []
+        held[v] = []
+        gens[v] = _tree_search(root[v], found[v], **opts)
+        answer(v, None)
     rows = list(range(n))  # batch row -> view
     ncols = width
     while True:
@@ -443,44 +572,48 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
             _drop_columns(cache, torch.from_numpy(kept).to(device))
             new_index = np.cumsum(live) - 1
             for v in rows:
-                paths[v] = [int(new_index[c]) for c in paths[v]]
+                held[v] = [int(new_index[c]) for c in held[v]]
             alive = np.concatenate([alive[:, kept], np.zeros((len(rows), alive.shape[1] - ncols), np.int64)], 1)
             ncols = len(kept)
             mask = torch.tensor(alive, device=device)
-        if ncols + 1 > alive.shape[1]:
-            alive = np.concatenate([alive, np.zeros_like(alive)], 1)
-            mask = torch.tensor(alive, device=device)
         nrows = len(rows)
-        step = np.empty(2 * nrows, np.int64)  # tokens, positions
+        feeds = [walks[v].to_feed() for v in rows]
+        k = max(len(syms) for _, syms in feeds)
+        if ncols + k > alive.shape[1]:
+            alive = np.concatenate([alive, np.zeros((nrows, max(alive.shape[1], k)), np.int64)], 1)
+            mask = torch.tensor(alive, device=device)
+        step = np.zeros((3, nrows, k), np.int64)  # tokens, positions, the new columns' visibility
+        step[0] = pad
         dark_rows, dark_cols = [], []
-        for r, v in enumerate(rows):
-            depth, sym = reqs[v]
-            path = paths[v]
-            if len(path) > depth:  # backtrack: the abandoned branch's columns go dark
-                alive[r, path[depth:]] = 0
-                dark_rows += [r] * (len(path) - depth)
-                dark_cols += path[depth:]
-                del path[depth:]
-            path.append(ncols)
-            step[r], step[nrows + r] = sym_tokens[sym], lens[v] + depth
-        alive[:, ncols] = 1
-        up = torch.from_numpy(np.concatenate([step, np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
+        for r, (v, (kept_n, syms)) in enumerate(zip(rows, feeds)):
+            cols = held[v]
+            if len(cols) > kept_n:  # cut back: the abandoned columns go dark
+                alive[r, cols[kept_n:]] = 0
+                dark_rows += [r] * (len(cols) - kept_n)
+                dark_cols += cols[kept_n:]
+                del cols[kept_n:]
+            m = len(syms)
+            cols += range(ncols, ncols + m)
+            step[0, r, :m] = sym_tokens[syms]
+            step[1, r] = lens[v] + kept_n + np.arange(k)
+            step[2, r, :m] = 1
+        alive[:nrows, ncols:ncols + k] = step[2]
+        up = torch.from_numpy(np.concatenate([step.reshape(-1), np.asarray(dark_rows + dark_cols, np.int64)])).to(device)
+        blocks = up[:3 * nrows * k].view(3, nrows, k)
         if dark_rows:
-            k = len(dark_rows)
-            mask[up[2 * nrows:2 * nrows + k], up[2 * nrows + k:]] = 0
-        mask[:, ncols] = 1
-        ncols += 1
-        out = model(input_ids=up[:nrows, None], attention_mask=mask[:, :ncols], position_ids=up[nrows:2 * nrows, None],
+            d = len(dark_rows)
+            mask[up[3 * nrows * k:3 * nrows * k + d], up[3 * nrows * k + d:]] = 0
+        mask[:, ncols:ncols + k] = blocks[2]
+        ncols += k
+        out = model(input_ids=blocks[0], attention_mask=mask[:, :ncols], position_ids=blocks[1],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
-        stats.tokens_fed += len(rows)
-        lps = _symbol_logprobs(out.logits[:, -1], symbol_ids)
-        for r, v in enumerate(rows):
-            try:
-                reqs[v] = gens[v].send(lps[r])
-            except StopIteration:
-                del reqs[v]
+        lps = _symbol_logprobs(out.logits[:, -k:], symbol_ids)
+        for r, (v, (kept_n, syms)) in enumerate(zip(rows, feeds)):
+            stats.tokens_fed += len(syms)
+            stats.draft_fed += len(syms) - (len(walks[v].path) - kept_n)
+            answer(v, walks[v].fed(kept_n, syms, lps[r, :len(syms)]))
     for gen in gens.values():
         gen.close()
     return found
@@ -491,25 +624,32 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                    grammar: bool = True, batch: bool = True, max_batch_tokens: int = 32768,
                    deadline: float | None = None, device: torch.device | str | None = None,
                    stats: SearchStats | None = None, preallocate: bool = True,
-                   keep: PromptCaches | None = None) -> list[list[Completion]]:
+                   keep: PromptCaches | None = None,
+                   drafts: Sequence[Sequence[Sequence[int]] | None] | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
     most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
     ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`).
 
     ``preallocate``: give the prefills a :class:`arcttt.kvcache.SlabCache` (appends in place, crops
     move a length) where the model takes one; False: the model's own cache (``DynamicCache``).
-    ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring)."""
+    ``keep``: a copy of each prompt cache it wants is put there after the prefill (for the scoring).
+    ``drafts``: per prompt, guesses at its answer, best first (each token ids, e.g. ``answer_ids`` of
+    a grid), or None: verified in one forward where the search goes their way (the same completions,
+    fewer calls; see the module doc)."""
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
     gram = answer_grammar(tm)
-    answer_ids = list(gram.symbols)
-    symbol_ids = torch.tensor(answer_ids, device=device)
-    feed = [torch.tensor([[t]], device=device) for t in answer_ids]
+    sym_ids = list(gram.symbols)
+    symbol_ids = torch.tensor(sym_ids, device=device)
     opts = dict(min_lp=-math.inf if greedy else math.log(threshold),
                 max_new=gram.max_tokens if max_new_tokens is None else max_new_tokens,
                 grammar=grammar, renormalize=renormalize, greedy=greedy, gram=gram)
     prompts = [np.asarray(p, dtype=np.int64) for p in prompts]
+    syms = [[draft_symbols(d, gram, opts["max_new"]) for d in guesses or ()]
+            for guesses in (drafts or [None] * len(prompts))]
+    if len(syms) != len(prompts):
+        raise ValueError(f"{len(syms)} drafts for {len(prompts)} prompts")
     results: list[list[tuple[list[int], float]] | None] = [None] * len(prompts)
     with inference(model):
         groups = _groups([len(p) for p in prompts], max_batch_tokens) if batch and len(prompts) > 1 else \
@@ -522,11 +662,11 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
             try:
                 if len(group) > 1:
                     got = _search_batch(model, [prompts[i] for i in group], tm.pad, symbol_ids,
-                                        np.asarray(answer_ids), opts, deadline, stats,
-                                        new_cache(model) if preallocate else None, keep)
+                                        np.asarray(sym_ids), opts, deadline, stats,
+                                        new_cache(model) if preallocate else None, keep, [syms[i] for i in group])
                 if got is None:
-                    got = [_search_one(model, prompts[i], symbol_ids, feed, opts, deadline, stats,
-                                       new_cache(model) if preallocate else None, keep) for i in group]
+                    got = [_search_one(model, prompts[i], symbol_ids, np.asarray(sym_ids), opts, deadline, stats,
+                                       new_cache(model) if preallocate else None, keep, syms[i]) for i in group]
             except torch.OutOfMemoryError:
                 stats.oom = True  # what the earlier groups found stands; the caller sees the flag
                 if torch.cuda.is_available():
@@ -538,10 +678,25 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
     stats.seconds += time.time() - t0
     out = []
     for found in results:
-        comps = sorted((Completion([answer_ids[s] for s in path], lp) for path, lp in found or []),
+        comps = sorted((Completion([sym_ids[s] for s in path], lp) for path, lp in found or []),
                        key=lambda c: -c.logprob)
         stats.completions += len(comps)
         out.append(comps)
+    return out
+
+
+def draft_symbols(draft: Sequence[int] | None, gram, max_new: int) -> list[int]:
+    """A draft's token ids as the grammar's symbol indices the search would feed: up to its first
+    token that is no symbol or is the end (never fed), at most ``max_new - 1`` of them."""
+    if draft is None:
+        return []
+    index = {t: k for k, t in enumerate(gram.symbols)}
+    out = []
+    for t in list(draft)[:max(0, max_new - 1)]:
+        k = index.get(int(t))
+        if k is None or gram.is_end(k):
+            break
+        out.append(k)
     return out
 
 
@@ -616,26 +771,56 @@ def search_test_input(model: torch.nn.Module, task: Task, test_index: int, tm: T
     if cfg.time_limit_s is not None:
         cap = time.time() + cfg.time_limit_s
         deadline = cap if deadline is None else min(deadline, cap)
+    stats = stats if stats is not None else SearchStats()
     rooms = [getattr(v, "answer_room", None) for v in views]  # what the prompts left room for
-    results = search_prompts(model, [p for _, p in pairs], tm, threshold=cfg.threshold, greedy=cfg.greedy,
-                             max_new_tokens=max(rooms) if rooms and None not in rooms else None,
-                             renormalize=cfg.renormalize, batch=cfg.batch_views, max_batch_tokens=cfg.max_batch_tokens,
-                             deadline=deadline, device=device, stats=stats, preallocate=preallocate, keep=keep)
+    kw = dict(threshold=cfg.threshold, greedy=cfg.greedy, renormalize=cfg.renormalize, batch=cfg.batch_views,
+              max_batch_tokens=cfg.max_batch_tokens, deadline=deadline, device=device, stats=stats,
+              preallocate=preallocate, keep=keep,
+              max_new_tokens=max(rooms) if rooms and None not in rooms else None)
     merged: dict[tuple, Candidate] = {}
-    for (aug, _), comps in zip(pairs, results):
-        view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids
-        for comp in comps:
-            grid = parse_answer(comp.ids, tm, require_end=True)
-            if isinstance(grid, np.ndarray):
-                grid = aug.invert_grid(grid)
-                key = grid_key(grid)
-                lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
-                view[key] = (grid, lp)
-        # the view's most likely grids (the cap counts grids, not spellings of one grid)
-        best = sorted(view.items(), key=lambda kv: -kv[1][1])[:cfg.max_candidates_per_view]
-        for key, (grid, lp) in best:
-            merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
+    # One by one with drafts, each view after the last, with the best answer so far as its draft. In
+    # lock-step all views start together, so no view has an earlier one's answer: each gets the cheap
+    # guess only. (Searching the first view alone, then the rest in lock-step with its answer, was
+    # measured: the rest's main paths ran beside each other anyway, so it saved no calls, and on a
+    # search with many branches it doubled them: tests/test_draft_search.py, bench/RESULTS.md.)
+    waves = [list(range(len(pairs)))] if cfg.batch_views or not cfg.draft else [[v] for v in range(len(pairs))]
+    for wave in waves:
+        if stats.oom:
+            break
+        drafts = None
+        if cfg.draft:
+            guesses = _guesses(merged, task, test_index)
+            drafts = [[answer_ids(pairs[v][0].grid(g), tm) for g in guesses] for v in wave]
+        results = search_prompts(model, [pairs[v][1] for v in wave], tm, drafts=drafts, **kw)
+        for v, comps in zip(wave, results):
+            _merge(merged, pairs[v][0], comps, tm, cfg.max_candidates_per_view)
     return sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))
+
+
+def _guesses(merged: dict[tuple, Candidate], task: Task, test_index: int) -> list[np.ndarray]:
+    """The drafts, in the task's frame: the best ``MAX_DRAFTS`` candidates so far (most found, then
+    most likely); before any, the test input itself when every demonstration keeps its grid's shape."""
+    if merged:
+        return [c.grid for c in sorted(merged.values(), key=lambda c: (-c.hits, -c.search_logprob))[:MAX_DRAFTS]]
+    if task.train and all(p.input.shape == p.output.shape for p in task.train):
+        return [task.test_inputs[test_index]]
+    return []
+
+
+def _merge(merged: dict[tuple, Candidate], aug: Augmentation, comps: list[Completion], tm, cap: int) -> None:
+    """One view's completions parsed, mapped back to the task's frame and merged into ``merged``."""
+    view: dict[tuple, tuple[np.ndarray, float]] = {}  # this view's grids
+    for comp in comps:
+        grid = parse_answer(comp.ids, tm, require_end=True)
+        if isinstance(grid, np.ndarray):
+            grid = aug.invert_grid(grid)
+            key = grid_key(grid)
+            lp = float(np.logaddexp(view[key][1], comp.logprob)) if key in view else comp.logprob
+            view[key] = (grid, lp)
+    # the view's most likely grids (the cap counts grids, not spellings of one grid)
+    best = sorted(view.items(), key=lambda kv: -kv[1][1])[:cap]
+    for key, (grid, lp) in best:
+        merged.setdefault(key, Candidate(grid)).found.append((aug.key, lp))
 
 
 def search_session(session, task: Task, test_index: int, views: Sequence[Any], cfg: SearchConfig,
