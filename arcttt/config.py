@@ -92,10 +92,11 @@ def _kaggle_t4x2() -> RunConfig:
 def _cpu_smoke() -> RunConfig:
     # The tiny random model on a CPU: checks the mechanics end to end in a few minutes. Such a model
     # puts no answer above any useful search threshold, so it decodes greedily: that still takes
-    # every candidate through parsing, the inverse augmentation, scoring and selection.
+    # every candidate through parsing, the inverse augmentation, scoring and selection. Its answers
+    # get room for a 30 x 30 grid: a random model ends no shorter one, and would leave nothing to score.
     return RunConfig(
         preset="cpu-smoke",
-        data=DataConfig(n_sequences=8, max_len=4096),
+        data=DataConfig(n_sequences=8, max_len=4096, answer_room="largest"),
         model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=4096,
                           lora=LoraConfig(rank=8, alpha=16)),
         ttt=TTTConfig(steps=8, lr=1e-3, batch_tokens=4096),
