@@ -546,13 +546,20 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
     return state
 
 
-def _meta_source(model_dir: Path) -> str | None:
-    """Where the base came from, as its ``arcttt.json`` says (``make_tiny_model``: a random init)."""
+def _base_lineage(model_dir: Path) -> tuple[str | None, list[dict]]:
+    """Where the base's chain of fine-tunings started (its ``arcttt.json``'s source, or for a base
+    that ``arcttt finetune`` wrote, that base's own origin; ``make_tiny_model``: a random init), and
+    the earlier stages of that chain (data and steps each)."""
     try:
         meta = json.loads((Path(model_dir) / formats.META_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("source") if isinstance(meta, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None, []
+    if not isinstance(meta, dict):
+        return None, []
+    if meta.get("source") != "arcttt finetune":
+        return meta.get("source"), []
+    earlier = meta.get("stages") if isinstance(meta.get("stages"), list) else []
+    return meta.get("base_source"), [*earlier, {"data": meta.get("data"), "steps": meta.get("steps")}]
 
 
 def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig, dist: Dist, meta: dict) -> None:
@@ -795,13 +802,15 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
     if summary["finished"]:
         from arcttt.weights import writing_dir
 
+        origin, stages = _base_lineage(base)
+
         def carried(name: str) -> bool:  # what this run wrote into OUT goes over; the checkpoint if kept
             return name not in old_model and (cfg.keep_checkpoint or not name.startswith(CHECKPOINT))
 
         # written beside OUT and renamed in: a failure here leaves OUT as it was (checkpoint and all)
         with writing_dir(out, carried) if dist.main else contextlib.nullcontext(out) as folder:
             export_model(folder, base, wrapped, tm, cfg, dist, {
-                "base": str(base), "base_source": _meta_source(base), "steps": cfg.steps,
+                "base": str(base), "base_source": origin, "stages": stages, "steps": cfg.steps,
                 "data": list(data or ["arc-agi-1-train"]), "excluded": list(dict.fromkeys([*ALWAYS_EXCLUDED, *exclude])),
                 "held_out": list(eval)})
             if dist.main:

@@ -326,7 +326,9 @@ def describe_model_dir(path: str | Path, format: str | None = None) -> str:
         data = " + ".join(meta.get("data") or []) or "?"
         base = meta.get("base_source")
         origin = "from random init" if base == "make_tiny_model" else f"from {meta.get('base', '?')}"
-        parts.append(f"trained by arcttt finetune {origin}, {meta.get('steps', '?')} steps on {data}; excluded: "
+        stages = meta.get("stages") if isinstance(meta.get("stages"), list) else []
+        origin += f" in {len(stages) + 1} stages, the last" if stages else ","
+        parts.append(f"trained by arcttt finetune {origin} {meta.get('steps', '?')} steps on {data}; excluded: "
                      f"{', '.join(meta.get('excluded') or []) or 'nothing'}")
     elif source:
         parts.append(str(source))

@@ -210,18 +210,26 @@ def small_task(arc1_train):
 
 # --- one test input: the drafts come from earlier views ----------------------------------------------
 
+_AUGS = [Augmentation(), Augmentation("rot90", (0, 2, 1, 3, 4, 5, 6, 7, 8, 9)),
+         Augmentation("transpose", order=(1, 0)), Augmentation("flipV")]
+
+
+def _two_tasks_four_views(arc1_train):
+    """The smallest task whose demonstrations keep their shapes and the smallest whose do not, each
+    with its test input's prompt under four views; and the shape-keeping ones."""
+    keeps = [t for t in arc1_train if all(p.input.shape == p.output.shape for p in t.train)]
+    changes = [t for t in arc1_train if any(p.input.shape != p.output.shape for p in t.train)]
+    for task in (min(keeps, key=lambda t: t.cells()), min(changes, key=lambda t: t.cells())):
+        yield task, [(a, encode(a.pairs(task.train), a.grid(task.test_inputs[0]), TM).ids) for a in _AUGS], keeps
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_search_test_input_same_candidates_fewer_calls(arc1_train, batch):
     """An unsure identity stand-in (hundreds of completions above the threshold) under four views,
     on a task whose demonstrations keep their shapes (the first view's draft: the test input) and one
     whose do not (no draft for it): the same candidates, found in the same views, with the same
     probabilities, with drafts and without."""
-    keeps = [t for t in arc1_train if all(p.input.shape == p.output.shape for p in t.train)]
-    changes = [t for t in arc1_train if any(p.input.shape != p.output.shape for p in t.train)]
-    augs = [Augmentation(), Augmentation("rot90", (0, 2, 1, 3, 4, 5, 6, 7, 8, 9)),
-            Augmentation("transpose", order=(1, 0)), Augmentation("flipV")]
-    for task in (min(keeps, key=lambda t: t.cells()), min(changes, key=lambda t: t.cells())):
-        views = [(a, encode(a.pairs(task.train), a.grid(task.test_inputs[0]), TM).ids) for a in augs]
+    for task, views, keeps in _two_tasks_four_views(arc1_train):
         got = {}
         for draft in (False, True):
             model, stats = TableLM(copy_query_fn(confidence=5.5)), SearchStats()
@@ -247,13 +255,8 @@ def test_search_test_input_calls_counted_by_hand(arc1_train, batch, monkeypatch)
     view 2 (the first's answer, in its frame). In lock-step every view gets the test input only: 2
     calls, or max_v L_v."""
     monkeypatch.setattr(search, "DRAFT_CHUNK", 10_000)
-    keeps = [t for t in arc1_train if all(p.input.shape == p.output.shape for p in t.train)]
-    changes = [t for t in arc1_train if any(p.input.shape != p.output.shape for p in t.train)]
-    augs = [Augmentation(), Augmentation("rot90", (0, 2, 1, 3, 4, 5, 6, 7, 8, 9)),
-            Augmentation("transpose", order=(1, 0)), Augmentation("flipV")]
-    for task in (min(keeps, key=lambda t: t.cells()), min(changes, key=lambda t: t.cells())):
-        views = [(a, encode(a.pairs(task.train), a.grid(task.test_inputs[0]), TM).ids) for a in augs]
-        lens = [len(answer_ids(a.grid(task.test_inputs[0]), TM)) for a in augs]
+    for task, views, keeps in _two_tasks_four_views(arc1_train):
+        lens = [len(answer_ids(a.grid(task.test_inputs[0]), TM)) for a in _AUGS]
         first = 2 if task in keeps else lens[0]
         expected = (max(lens), 2 if task in keeps else max(lens)) if batch else (sum(lens), first + 6)
         calls = []

@@ -335,6 +335,15 @@ def test_eval_sets_are_held_out_and_logged(tiny_model_dir, tmp_path):
     assert log.count("eval synthetic:4:9:copy step") == 3
     meta = json.loads((out / "arcttt.json").read_text())
     assert meta["held_out"] == ["synthetic:4:9:copy"]
+    assert (meta["base_source"], meta["stages"]) == ("make_tiny_model", [])
+    # a second stage from the first: the chain's origin and the earlier stage are recorded
+    finetune(out, tmp_path / "m2", data=["synthetic:8:1:flip"], cfg=_cfg(), progress=False)
+    meta2 = json.loads((tmp_path / "m2" / "arcttt.json").read_text())
+    assert meta2["base_source"] == "make_tiny_model"
+    assert meta2["stages"] == [{"data": ["synthetic:20:0:copy+flip"], "steps": 6}]
+    from arcttt.model import describe_model_dir
+
+    assert "from random init in 2 stages, the last 6 steps on synthetic:8:1:flip" in describe_model_dir(tmp_path / "m2")
     # a held-out task is also dropped from the training data when it appears there
     summary = finetune(tiny_model_dir, tmp_path / "n", data=["synthetic:4:9:copy", "synthetic:8:0:copy"],
                        eval=["synthetic:4:9:copy"], cfg=_cfg(), progress=False)

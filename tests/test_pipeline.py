@@ -212,9 +212,11 @@ def test_malformed_tasks_keep_defaults_and_the_rest_run(tiny_model_dir, eval_fil
 def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
     """The README's main command, run twice from the same folder: the second run replaces the first
     (fresh timings in the profile, nothing resumed); run.json holds absolute paths, so the report of a
-    copied run folder still finds its grids and scores against the recorded solutions."""
+    copied run folder still finds its grids and scores against the recorded solutions; the held-out
+    synthetic tasks are added and each group scored on its own."""
     monkeypatch.chdir(tmp_path)
-    argv = ["dry-run", "--out", "dry", "--tasks", "3", "--quiet", *[a for s in FAST for a in ("--set", s)]]
+    argv = ["dry-run", "--out", "dry", "--tasks", "3", "--synthetic", "2", "--quiet",
+            *[a for s in FAST for a in ("--set", s)]]
     starts = []
     for _ in range(2):
         with pytest.raises(SystemExit) as e:
@@ -223,7 +225,11 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
         starts.append(json.loads((tmp_path / "dry" / "run.json").read_text())["start"])
     out = tmp_path / "dry"
     printed = capsys.readouterr().out.splitlines()
-    assert starts[1] > starts[0] and "0 resumed" in printed[-2]
+    wrote = [line for line in printed if line.startswith("wrote ")]
+    assert starts[1] > starts[0] and len(wrote) == 2 and "5 tasks" in wrote[-1] and "0 resumed" in wrote[-1]
+    assert printed[-4].startswith("score: ") and printed[-3].startswith("  arc-agi-2-eval: ")
+    assert printed[-2].startswith("  held-out synthetic, trained families: ") and printed[-2].endswith("/1 test outputs)")
+    assert printed[-1].startswith("  held-out synthetic, unseen families: ") and printed[-1].endswith("/1 test outputs)")
     # the shipped model by default, and one line saying what it is
     from arcttt.model import SHIPPED_MODEL
 
@@ -231,20 +237,21 @@ def test_dry_run_cli_scores_and_reports(tmp_path, capsys, monkeypatch):
     assert len(said) == 2 and said[-1].startswith(f"model: {SHIPPED_MODEL}: LlamaForCausalLM, 4 layers x 128, ")
     assert "trained by arcttt finetune from random init" in said[-1] and "excluded: arc-agi-1-eval" in said[-1]
     res = results(out)
-    assert len(res) == 3 and all(r["start"] >= starts[1] for r in res.values())
+    assert len(res) == 5 and all(r["start"] >= starts[1] for r in res.values())
+    assert sum(t.startswith("syn101-") for t in res) == 1 and sum(t.startswith("syn102-") for t in res) == 1
     score = json.loads((out / "score.json").read_text())
-    assert score["total"] >= 3 and 0 <= score["score"] <= 1
+    assert score["total"] >= 5 and 0 <= score["score"] <= 1
     for name in ("submission.json", "report.html", "timeline.png", "config.json", "run.json"):
         assert (out / name).is_file(), name
     assert not (out / ".lock").exists() and not (out / ".load.lock").exists()
     meta = json.loads((out / "run.json").read_text())
-    assert meta["preset"] == "cpu-smoke" and meta["command"] == "dry-run" and meta["model"] == str(SHIPPED_MODEL)
+    assert meta["preset"] == "cpu-tiny" and meta["command"] == "dry-run" and meta["model"] == str(SHIPPED_MODEL)
     assert all(Path(meta[k]).is_absolute() for k in ("challenges", "model", "solutions", "out", "run_dir"))
     # the run calibrates the planner: per-token costs measured in it
     from arcttt.plan import plan_report
 
-    plan = plan_report(out / "data" / "arc-agi_evaluation_challenges.json", "cpu-smoke", calibration=out)
-    assert f"measured in {out}" in plan and "3 tasks" in plan
+    plan = plan_report(out / "data" / "arc-agi_evaluation_challenges.json", "cpu-tiny", calibration=out)
+    assert f"measured in {out}" in plan and "5 tasks" in plan
 
     copy = tmp_path / "elsewhere" / "dry-copy"
     import shutil
