@@ -179,6 +179,12 @@ def grid_to_list(grid: np.ndarray) -> list[list[int]]:
     return [[int(v) for v in row] for row in np.asarray(grid)]
 
 
+def task_to_json(task: Task) -> dict:
+    """A task as a challenges file holds it: train pairs and test inputs, no test outputs."""
+    return {"train": [{"input": grid_to_list(p.input), "output": grid_to_list(p.output)} for p in task.train],
+            "test": [{"input": grid_to_list(g)} for g in task.test_inputs]}
+
+
 def _count_tests(raw: Any) -> int | None:
     if isinstance(raw, dict) and isinstance(raw.get("test"), list):
         return len(raw["test"])

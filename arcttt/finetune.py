@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from arcttt import formats, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
-                         parse_task, read_json, shown)
+                         parse_task, read_json, shown, task_to_json)
 from arcttt.formats import Encoded, TokenMap
 from arcttt.model import LoraConfig
 from arcttt.ttt import lr_at, make_optimizer
@@ -186,7 +186,7 @@ def load_tasks(spec: str) -> list[Task]:
         solutions_path = path.with_name(path.name.replace("challenges", "solutions"))
         if "challenges" in path.name and solutions_path.is_file():
             solutions = load_solutions(solutions_path)
-            return [parse_task(t.id, _raw(t), [g.tolist() for g in solutions[t.id]]) if t.id in solutions else t
+            return [parse_task(t.id, task_to_json(t), [g.tolist() for g in solutions[t.id]]) if t.id in solutions else t
                     for t in load_challenges(path).tasks.values()]
         raw = read_json(path, "tasks")
         if isinstance(raw, dict) and "train" in raw:  # one task in the original ARC form
@@ -214,11 +214,6 @@ def _jsonl_task(line: str, default_id: str) -> Task:
     if not isinstance(obj, dict):
         raise ValueError(f"not a task object (got {type(obj).__name__})")
     return _task_with_outputs(str(obj.get("id", default_id)), obj)
-
-
-def _raw(task: Task) -> dict:
-    return {"train": [{"input": p.input.tolist(), "output": p.output.tolist()} for p in task.train],
-            "test": [{"input": g.tolist()} for g in task.test_inputs]}
 
 
 def _task_with_outputs(task_id: str, obj: dict) -> Task:
@@ -278,9 +273,15 @@ def encode_sample(task: Task, rng: np.random.Generator, tm: TokenMap, cfg: Finet
                        random_colours(rng, cfg.keep_background) if cfg.colours else IDENTITY_COLOURS,
                        tuple(int(i) for i in rng.permutation(len(pairs))) if cfg.order else None)
     *demos, last = aug.pairs(pairs)
+    return _fitted(demos, last, tm, cfg.seq_len, loss_on_demo_outputs=cfg.loss_on_demo_outputs)
+
+
+def _fitted(demos: list[Pair], query: Pair, tm: TokenMap, seq_len: int, **loss) -> Encoded | None:
+    """``query`` (and its output) after ``demos``, the front ones dropped until it fits ``seq_len``
+    tokens; None if even one demonstration does not fit."""
     while demos:
-        enc = formats.encode(demos, last.input, tm, last.output, loss_on_demo_outputs=cfg.loss_on_demo_outputs)
-        if len(enc) <= cfg.seq_len:
+        enc = formats.encode(demos, query.input, tm, query.output, **loss)
+        if len(enc) <= seq_len:
             return enc
         demos = demos[1:]
     return None
@@ -615,16 +616,8 @@ class EvalPoint:
 def eval_samples(tasks: list[Task], tm: TokenMap, seq_len: int) -> list[Encoded]:
     """Each held-out task's first test pair after all its demonstrations, unaugmented (the front
     demonstrations dropped to fit ``seq_len``); tasks that do not fit with one are left out."""
-    samples = []
-    for task in tasks:
-        demos = list(task.train)
-        while demos:
-            enc = formats.encode(demos, task.test_inputs[0], tm, task.test_outputs[0])
-            if len(enc) <= seq_len:
-                samples.append(enc)
-                break
-            demos = demos[1:]
-    return samples
+    fitted = (_fitted(list(t.train), Pair(t.test_inputs[0], t.test_outputs[0]), tm, seq_len) for t in tasks)
+    return [enc for enc in fitted if enc is not None]
 
 
 @torch.no_grad()

@@ -763,6 +763,7 @@ def _stop(pool: dict, grace: float = STOP_RESERVE_S / 2, clock=time.monotonic) -
 def _add_held_out(challenges: Path, solutions: Path, n: int) -> dict[str, list[str]]:
     """Append ``n`` held-out synthetic tasks (half ``trained``, half ``unseen`` families) to a Kaggle
     challenges/solutions pair; returns each group's task ids."""
+    from arcttt.data import grid_to_list, task_to_json
     from arcttt.synthetic import held_out
 
     chal, sols = json.loads(challenges.read_text()), json.loads(solutions.read_text())
@@ -770,9 +771,8 @@ def _add_held_out(challenges: Path, solutions: Path, n: int) -> dict[str, list[s
     for name, count in (("trained", (n + 1) // 2), ("unseen", n // 2)):
         tasks = held_out(name, count)
         for t in tasks:
-            chal[t.id] = {"train": [{"input": p.input.tolist(), "output": p.output.tolist()} for p in t.train],
-                          "test": [{"input": g.tolist()} for g in t.test_inputs]}
-            sols[t.id] = [g.tolist() for g in t.test_outputs]
+            chal[t.id] = task_to_json(t)
+            sols[t.id] = [grid_to_list(g) for g in t.test_outputs]
         groups[f"held-out synthetic, {name} families"] = [t.id for t in tasks]
     challenges.write_text(json.dumps(chal, separators=(",", ":")))
     solutions.write_text(json.dumps(sols, separators=(",", ":")))
@@ -831,12 +831,11 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
                                    start, how, lock, config=config or "auto", time_budget=time_budget, workers=workers,
                                    overrides=overrides, progress=progress, command="dry-run", solutions=solutions)
             if solutions is not None:
-                truths = load_solutions(solutions)
-                result = score_submission(load_submission(out / "submission.json"), truths)
+                truths, submitted = load_solutions(solutions), load_submission(out / "submission.json")
+                result = score_submission(submitted, truths)
                 summary["score"] = result.to_json()
                 if len(groups) > 1:
-                    summary["groups"] = {name: score_submission(load_submission(out / "submission.json"),
-                                                                {k: truths[k] for k in ids}).to_json()
+                    summary["groups"] = {name: score_submission(submitted, {k: truths[k] for k in ids}).to_json()
                                          for name, ids in groups.items()}
                 atomic_write_json(out / "score.json", result.to_json())
             from arcttt.report import write_report

@@ -116,6 +116,11 @@ def symmetry(rng: np.random.Generator) -> Drawn:
     return Drawn(aug.grid, make_input, {"symmetry": aug.symmetry})
 
 
+def _learnable_colours(train, test):
+    """Every colour of the test input is shown in a train input."""
+    return set(np.unique(test)) <= set(np.unique(np.concatenate([g.ravel() for g in train])))
+
+
 def colour_map(rng: np.random.Generator) -> Drawn:
     """Every cell's colour is replaced by a fixed map (a permutation of a few colours)."""
     palette = _colours(rng, int(rng.integers(2, 5)))
@@ -128,10 +133,7 @@ def colour_map(rng: np.random.Generator) -> Drawn:
     def make_input(r):
         return _noise(r, int(r.integers(3, 11)), int(r.integers(3, 11)), palette, r.uniform(0.4, 0.9))
 
-    def learnable(train, test):
-        return set(np.unique(test)) <= set(np.unique(np.concatenate([g.ravel() for g in train])))
-
-    return Drawn(lambda g: lut[g], make_input, {"map": dict(zip(palette, targets))}, learnable)
+    return Drawn(lambda g: lut[g], make_input, {"map": dict(zip(palette, targets))}, _learnable_colours)
 
 
 def upscale(rng: np.random.Generator) -> Drawn:
@@ -395,15 +397,11 @@ def copy(rng: np.random.Generator) -> Drawn:
     return Drawn(lambda g: g.copy(), _small_noise_maker(palette), {}, changes=False)
 
 
-def _learnable_colours(train, test):
-    return set(np.unique(test)) <= set(np.unique(np.concatenate([g.ravel() for g in train])))
-
-
 def small_colour_map(rng: np.random.Generator) -> Drawn:
     """``colour_map`` on sides 3-8."""
     drawn = colour_map(rng)
     palette = [int(c) for c in drawn.params["map"]]
-    return Drawn(drawn.rule, _small_noise_maker(palette, density=(0.4, 0.9)), drawn.params, _learnable_colours)
+    return Drawn(drawn.rule, _small_noise_maker(palette, density=(0.4, 0.9)), drawn.params, drawn.learnable)
 
 
 def flip_recolour(rng: np.random.Generator) -> Drawn:
@@ -411,7 +409,7 @@ def flip_recolour(rng: np.random.Generator) -> Drawn:
     aug = Augmentation((*_FLIPS, *_ROTATIONS)[int(rng.integers(5))])
     drawn = small_colour_map(rng)
     return Drawn(lambda g: drawn.rule(aug.grid(g)), drawn.make_input,
-                 {"symmetry": aug.symmetry, **drawn.params}, _learnable_colours)
+                 {"symmetry": aug.symmetry, **drawn.params}, drawn.learnable)
 
 
 flip = _symmetry_of(_FLIPS)

@@ -15,8 +15,8 @@ fit is not used; a task where no pair fits gets no TTT (``TrainingData.skipped``
 
 from __future__ import annotations
 
-import zlib
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
