@@ -10,7 +10,7 @@ A format is a value, :class:`FormatSpec`: the text of each marker (``bos``, ``in
 the token strings in id order. A :class:`TokenMap` is that format's pieces as ids of one
 vocabulary; a model directory records it in ``arcttt.json`` (see :func:`write_model_meta`), so
 encoding never calls a tokenizer and works alike before and after the vocabulary is cut.
-:func:`encode`, :func:`parse_answer`, the search grammar (``search.py``), the TTT loss masks and
+:func:`encode`, :func:`parse_answer`, the search grammar (:meth:`TokenMap.grammar`), the TTT loss masks and
 answer scoring all follow the token map's ``rows``.
 
 Formats, by name (:data:`SPECS`):
@@ -58,6 +58,7 @@ import numpy as np
 
 from arcttt.data import MAX_SIDE, Pair
 from arcttt.gridtext import WRITERS, GridWriter
+from arcttt.tree import DigitGrammar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -181,6 +182,10 @@ class TokenMap:
     def answer_ids(self) -> list[int]:
         """Ids valid while generating an answer: digits, newline and the first end token."""
         return [*self.digits, self.newline, self.end[0]]
+
+    def grammar(self) -> DigitGrammar:
+        """The answer search's grammar over :attr:`answer_ids` (``tree.DigitGrammar``)."""
+        return DigitGrammar(tuple(self.answer_ids), self.separated)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -945,6 +950,7 @@ class TemplateMap:
         return self.writer.max_answer_chars() + len(self.end)
 
     def grammar(self) -> TemplateGrammar:
+        """The answer search's grammar (built once)."""
         if self._grammar is None:
             self._grammar = TemplateGrammar.build(self)
         return self._grammar
@@ -952,10 +958,11 @@ class TemplateMap:
 
 @dataclass(eq=False)
 class TemplateGrammar:
-    """The search grammar of a template format: the writer's character automaton mapped to the
-    tokenizer's tokens. ``symbols``: the ids of every token whose text is made only of the writer's
-    alphabet, then the end token; at a state, a token is allowed when the automaton accepts its
-    whole text from there, the end only in an accepting state."""
+    """The search grammar of a template format (the protocol of ``tree.py``'s grammars): the
+    writer's character automaton mapped to the tokenizer's tokens. ``symbols``: the ids of every
+    token whose text is made only of the writer's alphabet, then the end token; at a state, a token
+    is allowed when the automaton accepts its whole text from there, the end only in an accepting
+    state."""
 
     symbols: list[int]
     texts: list[str]

@@ -225,6 +225,34 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def crop_to(cache, length: int):
+    """The cache cut back to ``length`` positions: a ``Cache`` in place, or a legacy tuple of
+    (key, value) per layer (which some patched backends return) as a new tuple."""
+    if isinstance(cache, (tuple, list)):
+        return tuple((k[..., :length, :], v[..., :length, :]) for k, v in cache)
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)  # negative: remove that many positions (transformers 4.4x and 5.x alike)
+    return cache
+
+
+def batchable(cache) -> bool:
+    """The cache is made of plain ``DynamicLayer``s or :class:`SlabLayer`s only: rows can then leave
+    it and columns be dropped from it (the search's lock-step views)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, SlabLayer) for layer in layers)
+
+
+def drop_columns(cache, keep: torch.Tensor) -> None:
+    """Keep only the positions ``keep`` (increasing) of a :func:`batchable` cache, in place."""
+    if isinstance(cache, SlabCache):
+        cache.keep_columns(keep)  # moved to the front of its buffers
+        return
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, keep)
+        layer.values = layer.values.index_select(-2, keep)
+
+
 class PromptCaches:
     """Prompt caches the search built, kept for the scoring of the same prompts (the identity view
     is among both the search's and the scoring's views): the scoring then skips their prefill.

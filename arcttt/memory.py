@@ -43,10 +43,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from arcttt.data import MAX_SIDE
+from arcttt.tree import MAX_ANSWER_TOKENS
 
 GIB = 2 ** 30
-MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # the longest answer (search.MAX_ANSWER_TOKENS)
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # a 4-bit weight with bitsandbytes' double-quantized absmax
 LORA_BYTES = 4  # peft keeps the adapter in fp32 (autocast_adapter_dtype)
 OVERHEAD_BYTES = 0.75 * GIB  # CUDA context + cuBLAS workspace + allocator fragmentation (assumed)

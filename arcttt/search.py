@@ -10,17 +10,13 @@ How the search reads the model:
   logprob is then its real probability under the model, and a threshold of 0.1 means the same as in
   their work; the mass the model puts on other tokens is simply lost. ``renormalize=True`` instead
   renormalises over the symbols the grammar allows at each step (a completion can then only gain).
-- A small grammar prunes what :func:`arcttt.formats.parse_answer` would reject anyway: no empty row,
-  every row as wide as the first, at most 30 x 30, the end only after a whole row (after its
-  newline when the format's rows are newline-terminated, in its place when they are separated). Without
-  renormalisation this changes nothing in the kept completions, it only saves forward passes; it
-  also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens. The grammar is an object
-  (:func:`answer_grammar`): :class:`DigitGrammar` for the token formats, ``formats.TemplateGrammar``
+- The tree search itself (``tree.py``: the grammar that prunes what
+  :func:`arcttt.formats.parse_answer` would reject, the most likely child first, the cut below the
+  threshold) knows no model: this module feeds it the model's log-probabilities. The grammar is the
+  format's (``tm.grammar()``): ``tree.DigitGrammar`` for the token formats, ``formats.TemplateGrammar``
   for the template formats (mit, omni-arc), whose symbols are the model's own tokens made only of the
-  grid writer's characters, checked by a character automaton; the search itself is the same.
-- The most likely child is explored first. A branch is cut as soon as its cumulative probability
-  falls below the threshold (probabilities only shrink along a path, so nothing above it is lost).
-  Greedy decoding is the degenerate case "one child per node, no threshold" (:func:`greedy`).
+  grid writer's characters; the search is the same. Greedy decoding is its degenerate case
+  (:func:`greedy`).
 
 Cache reuse. One view (:func:`dfs`): the prompt is run once; each step feeds one token with the
 cached past; backtracking crops the cache back to the branch point (``crop`` with a negative count,
@@ -38,48 +34,42 @@ A step costs one upload (tokens, positions, the mask's changes) and one download
 log-probabilities, which choose the next branch). The prompt caches the scoring will need again
 (the identity view's) can be kept (``keep``: :class:`arcttt.kvcache.PromptCaches`).
 
-Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given a draft, a
-guess at its answer: one by one, the best candidates found so far in the earlier views (up to
+Drafts (``SearchConfig.draft``, issue #22; the ARChitects' guess). A view may be given drafts,
+guesses at its answer: one by one, the best candidates found so far in the earlier views (up to
 ``MAX_DRAFTS``), mapped into this view's frame (:func:`search_test_input`); before any, and in
 lock-step where all views start together, the test input itself when every demonstration keeps its
-shape. The path follows the first draft it is on. When the search takes
-the draft's first symbol, the draft's next symbols are fed with it (``DRAFT_CHUNK`` = 32 at first,
-then as many as are verified already), so one forward gives the logits after each of their
-prefixes; the tree search walks them without a model call while its path is on the draft, and
-where it leaves, the cache is cut back (``crop``; in lock-step the row's columns go dark) and it
-decodes one token a call as before (:class:`_Walk`). Logits verified once stay known for the
-draft's path, so coming back to it after a sibling costs no call; a later forward feeds the path's
-tokens the cache lacks. A node's logits depend only on its path, so the completions are the plain
-search's, with their probabilities, except for float rounding: a multi-token forward may round
-differently from one-token forwards (about 1e-6 in float32), so a completion within that of the
-threshold can be kept by one and cut by the other; the tests compare outside that band. Never more
-model calls than without the draft (each call answers a node the plain search would also call
-for); a draft wrong at its first token costs nothing, one wrong later at most ``DRAFT_CHUNK`` (or
-the verified length) more tokens in a call, plus the path's tokens re-fed after a cut.
+shape. While the search's path is on a draft, the draft's next symbols are fed with the asked one
+(``DRAFT_CHUNK`` = 32 at first, then as many as are verified already), so one forward answers the
+nodes along it; where the path leaves, the cache is cut back (``crop``; in lock-step the row's
+columns go dark); :class:`arcttt.tree.DraftWalk` keeps the books. A node's logits depend only on its
+path, so the completions are the plain search's, with their probabilities, except for float
+rounding: a multi-token forward may round differently from one-token forwards (about 1e-6 in
+float32), so a completion within that of the threshold can be kept by one and cut by the other; the
+tests compare outside that band. Never more model calls than without the draft (each call answers a
+node the plain search would also call for); a draft wrong at its first token costs nothing, one
+wrong later at most ``DRAFT_CHUNK`` (or the verified length) more tokens in a call, plus the path's
+tokens re-fed after a cut.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
 import time
-import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
-from arcttt.data import MAX_SIDE, Task, grid_to_list
+from arcttt.data import Task, grid_to_list
 from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
-from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_cache
+from arcttt.forward import inference, last_logits_kwargs, model_device, positions, symbol_logprobs
+from arcttt.kvcache import (PromptCaches, SlabCache, batchable, cache_bytes, crop_to, drop_columns,
+                            new_cache)
+from arcttt.tree import DraftWalk, draft_symbols, tree_search
 
-MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
-N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
-NEWLINE, END = 10, 11
 DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already
 MAX_DRAFTS = 4    # a view's drafts: the best candidates so far (a noisy view's first choice is often the second)
 COMPACT_MIN_COLUMNS = 64  # batched search: drop dead cache columns once this many (and a quarter) are dead
@@ -182,253 +172,10 @@ def grid_key(grid: np.ndarray) -> tuple:
     return g.shape, g.tobytes()
 
 
-def view_augmentations(task: Task, test_index: int, n: int, *, keep_background: bool, seed: int,
-                       include_identity: bool = True) -> list[Augmentation]:
-    """``n`` distinct augmentations for one test input, the identity first; reproducible from the
-    seed, the task id and the test index (so resuming a run gives the same views)."""
-    from arcttt.augment import sample_augmentations
-
-    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode()), test_index])
-    return sample_augmentations(n, rng, n_train=len(task.train), keep_background=keep_background,
-                                include_identity=include_identity)
-
-
-# --- model plumbing ------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def inference(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no LoRA dropout) and no autograd for the duration; the training flag is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def last_logits_kwargs(model: torch.nn.Module, n: int = 1) -> dict:
-    """``logits_to_keep=n`` where the model takes it: a prefill then computes only the last ``n``
-    positions' logits (a long prompt's full logits over a big vocabulary do not fit)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return {}
-    takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return {"logits_to_keep": n} if takes else {}
-
-
-def positions(start: int, n: int, device, rows: int = 1) -> torch.Tensor:
-    """Position ids ``start .. start + n - 1`` for ``rows`` rows: int64 [rows, n]."""
-    return torch.arange(start, start + n, device=device).expand(rows, n)
-
-
-def _symbol_logprobs(logits: torch.Tensor, symbol_ids: torch.Tensor) -> np.ndarray:
-    """Log-probabilities of the answer symbols from the logits of one position per row:
-    float64 [rows, symbols] on the host (the search's one device sync per step)."""
-    return torch.log_softmax(logits.float(), dim=-1).index_select(-1, symbol_ids).cpu().double().numpy()
-
+# --- drivers: one view, or many in lock-step -----------------------------------------------------
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.time() >= deadline
-
-
-# --- the search over one tree --------------------------------------------------------------------
-
-# Grammar state at a node: (cells in the open row, width of the first row or 0, closed rows).
-_START = (0, 0, 0)
-
-
-def _allowed(state: tuple[int, int, int], separated: bool = False) -> list[int]:
-    """Symbols that continue a well-formed answer. Terminated rows: the end comes after a row's
-    newline. Separated rows: the end closes the last row itself, and a newline must open another."""
-    col, width, rows = state
-    out = []
-    if rows < MAX_SIDE and col < (width or MAX_SIDE):
-        out.extend(range(10))
-    row_done = col > 0 and (width == 0 or col == width)
-    if row_done and (not separated or rows + 1 < MAX_SIDE):
-        out.append(NEWLINE)
-    if (row_done if separated else col == 0 and rows > 0):
-        out.append(END)
-    return out
-
-
-def _advance(state: tuple[int, int, int], sym: int) -> tuple[int, int, int]:
-    col, width, rows = state
-    if sym == NEWLINE:
-        return 0, width or col, rows + 1
-    return col + 1, width, rows
-
-
-@dataclass(frozen=True)
-class DigitGrammar:
-    """The grammar of the token formats (one token per cell): the 12 answer symbols
-    (``TokenMap.answer_ids``) and the automaton of :func:`_allowed` / :func:`_advance`.
-
-    A grammar is what the tree search asks at each node: ``symbols`` (the token ids it may feed, the
-    end token last), ``start``, ``allowed(state)`` (symbol indices), ``advance(state, symbol)``,
-    ``is_end(symbol)`` and ``max_tokens`` (the longest answer, end included). The template formats'
-    grammar is ``formats.TemplateGrammar`` (a character automaton over the model's own tokens)."""
-
-    symbols: tuple[int, ...]
-    separated: bool = False
-    start: tuple = _START
-    max_tokens: int = MAX_ANSWER_TOKENS
-
-    def allowed(self, state) -> list[int]:
-        return _allowed(state, self.separated)
-
-    def advance(self, state, sym: int):
-        return _advance(state, sym)
-
-    def is_end(self, sym: int) -> bool:
-        return sym == END
-
-
-def answer_grammar(tm: TokenMap | TemplateMap):
-    """The search grammar of a format's token map."""
-    if isinstance(tm, TemplateMap):
-        return tm.grammar()
-    return DigitGrammar(tuple(tm.answer_ids), tm.separated)
-
-
-def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, renormalize: bool,
-              greedy: bool, gram) -> list[tuple[float, int]]:
-    """Children worth exploring, as (cumulative logprob, symbol), least likely first (pop() takes
-    the most likely). ``grammar=False``: every symbol of ``gram``."""
-    syms = gram.allowed(state) if grammar else list(range(len(gram.symbols)))
-    vals = lp[syms]
-    if renormalize and len(syms):
-        vals = vals - np.logaddexp.reduce(vals)
-    if greedy:
-        best = int(np.argmax(vals)) if len(syms) else None
-        return [] if best is None else [(cum + float(vals[best]), syms[best])]
-    kids = [(cum + float(v), s) for s, v in zip(syms, vals) if cum + v >= min_lp]
-    kids.sort()
-    return kids
-
-
-def _tree_search(root_lp: np.ndarray, found: list[tuple[list[int], float]], *, min_lp: float,
-                 max_new: int, grammar: bool, renormalize: bool, greedy: bool, gram=None):
-    """One view's depth-first search as a generator, so that one driver can run many in lock-step.
-
-    It yields ``(depth, symbol)``: "feed this symbol as answer token number ``depth``" (the cache
-    must then hold the prompt and the first ``depth`` tokens of the current path), and is sent back
-    the symbols' log-probabilities after that token. Finished paths (symbols, logprob) are appended
-    to ``found``. Iterative, so that 931-token answers do not hit Python's recursion limit.
-    ``gram``: the grammar (default: the token formats' with rows terminated).
-    """
-    gram = gram if gram is not None else DigitGrammar(tuple(range(N_SYMBOLS)))
-    path: list[int] = []
-    stack = [(_children(root_lp, 0.0, gram.start, min_lp, grammar, renormalize, greedy, gram), gram.start)]
-    while stack:
-        kids, state = stack[-1]
-        if not kids:
-            stack.pop()
-            if path:
-                path.pop()
-            continue
-        cum, sym = kids.pop()
-        if gram.is_end(sym):
-            found.append((path + [sym], cum))
-            continue
-        if len(path) + 2 > max_new:  # no room left for the end token
-            continue
-        lp = yield len(path), sym
-        path.append(sym)
-        state = gram.advance(state, sym)
-        stack.append((_children(lp, cum, state, min_lp, grammar, renormalize, greedy, gram), state))
-
-
-# --- drivers: one view, or many in lock-step -----------------------------------------------------
-
-def _crop_to(cache, length: int):
-    """The cache cut back to ``length`` positions: a ``Cache`` in place, or a legacy tuple of
-    (key, value) per layer (which some patched backends return) as a new tuple."""
-    if isinstance(cache, (tuple, list)):
-        return tuple((k[..., :length, :], v[..., :length, :]) for k, v in cache)
-    excess = cache.get_seq_length() - length
-    if excess > 0:
-        cache.crop(-excess)  # negative: remove that many positions (transformers 4.4x and 5.x alike)
-    return cache
-
-
-class _Walk:
-    """One view's bookkeeping between its tree search and its cache, with drafts.
-
-    ``drafts``: guesses at the answer, best first, as symbol indices (the end excluded) the search
-    may walk; ``held``: the symbols after the prompt that the cache holds, with ``held_lp`` the
-    symbols' logprobs after each; ``path``: the tree search's current path (mirrored from its
-    requests); ``memo[j]``: the logprobs after each prefix of draft ``j`` that a forward has verified,
-    kept when the cache is cut back (a node's logits depend on its path only). A request is answered
-    from ``held_lp`` or a memo without a model call where they hold it; otherwise :meth:`to_feed`
-    says what to feed: the path's symbols the cache lacks (after cutting it back to the common
-    prefix) and, while the path is on a draft, that draft's next ``max(chunk, verified)`` symbols (so
-    a draft right to its end costs about log2(length / chunk) calls, and one wrong early at most
-    ``chunk`` tokens more in one call). The search chooses a draft's first symbol itself: a draft
-    wrong at its first token costs nothing. Without drafts every request feeds one symbol: the plain
-    search."""
-
-    def __init__(self, drafts: Sequence[Sequence[int]] = (), chunk: int = 32):
-        self.drafts, self.chunk = [list(d) for d in drafts if len(d)], chunk
-        self.held: list[int] = []
-        self.held_lp: list[np.ndarray] = []
-        self.path: list[int] = []
-        self.memo: list[list[np.ndarray]] = [[] for _ in self.drafts]
-        self.common = 0                       # common prefix of held and path
-        self.on = [0] * len(self.drafts)      # common prefix of path and each draft
-        self.sure = [0] * len(self.drafts)    # common prefix of held and each draft
-
-    def ask(self, depth: int, sym: int) -> np.ndarray | None:
-        """The tree search asks for the logprobs after ``sym`` as token ``depth``: them, if known."""
-        del self.path[depth:]
-        self.path.append(sym)
-        self.common = min(self.common, depth)
-        if self.common == depth and depth < len(self.held) and self.held[depth] == sym:
-            self.common += 1
-        known = None
-        for j, draft in enumerate(self.drafts):
-            on = min(self.on[j], depth)
-            if on == depth and depth < len(draft) and draft[depth] == sym:
-                on += 1
-                if known is None and depth < len(self.memo[j]):
-                    known = self.memo[j][depth]
-            self.on[j] = on
-        if known is not None:
-            return known
-        return self.held_lp[depth] if self.common == depth + 1 else None
-
-    def to_feed(self) -> tuple[int, list[int]]:
-        """(keep, symbols): cut the cache back to the prompt and ``keep`` held symbols, then feed
-        ``symbols`` (the asked one among them)."""
-        d = len(self.path)
-        more: list[int] = []
-        for j, draft in enumerate(self.drafts):
-            if d and self.on[j] == d and d < len(draft):  # the first draft the path is on
-                more = draft[d:d + max(self.chunk, len(self.memo[j]))]
-                break
-        return self.common, self.path[self.common:] + more
-
-    def fed(self, keep: int, syms: list[int], lps: np.ndarray) -> np.ndarray:
-        """After the forward of :meth:`to_feed`: ``lps`` [len(syms), symbols]; the asked node's logprobs."""
-        del self.held[keep:], self.held_lp[keep:]
-        self.held += syms
-        self.held_lp += list(lps)
-        self.common = len(self.path)
-        for j, draft in enumerate(self.drafts):
-            sure = min(self.sure[j], keep)
-            if sure == keep:
-                while sure < min(len(self.held), len(draft)) and self.held[sure] == draft[sure]:
-                    sure += 1
-            self.sure[j] = sure
-            if sure > len(self.memo[j]):
-                self.memo[j] += self.held_lp[len(self.memo[j]):sure]
-        return self.held_lp[len(self.path) - 1]
 
 
 def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
@@ -436,9 +183,9 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens:
                 keep: PromptCaches | None = None,
                 drafts: Sequence[Sequence[int]] = ()) -> list[tuple[list[int], float]]:
     """One view's search; ``cache``: an empty cache for the prefill (None: the model's own);
-    ``drafts``: guesses as symbol indices (:class:`_Walk`)."""
+    ``drafts``: guesses as symbol indices (:class:`arcttt.tree.DraftWalk`)."""
     device = symbol_ids.device
-    walk = _Walk(drafts, DRAFT_CHUNK)
+    walk = DraftWalk(drafts, DRAFT_CHUNK)
     ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]
     # explicit positions on every call: unsloth's one-token decode path reads position_ids (and
     # fails without them on a GPU); a cached call's positions continue the cache
@@ -449,7 +196,7 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens:
     if keep is not None and isinstance(cache, SlabCache) and keep.wants(prompt, cache_bytes(cache)):
         keep.put(prompt, cache.copy_of(0, 0, plen), out.logits[0, -1])
     found: list[tuple[list[int], float]] = []
-    gen = _tree_search(_symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
+    gen = tree_search(symbol_logprobs(out.logits[:, -1], symbol_ids)[0], found, **opts)
     req = next(gen, None)
     one = [torch.tensor([[t]], device=device) for t in sym_tokens]
     while req is not None:
@@ -459,7 +206,7 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens:
                 stats.timed_out = True
                 break
             held, syms = walk.to_feed()
-            cache = _crop_to(cache, plen + held)
+            cache = crop_to(cache, plen + held)
             feed = one[syms[0]] if len(syms) == 1 else torch.as_tensor(sym_tokens[syms], device=device)[None]
             out = model(input_ids=feed, position_ids=positions(plen + held, len(syms), device),
                         past_key_values=cache, use_cache=True)
@@ -467,7 +214,7 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens:
             stats.forwards += 1
             stats.tokens_fed += len(syms)
             stats.draft_fed += len(syms) - (len(walk.path) - held)
-            lp = walk.fed(held, syms, _symbol_logprobs(out.logits[0, -len(syms):], symbol_ids))
+            lp = walk.fed(held, syms, symbol_logprobs(out.logits[0, -len(syms):], symbol_ids))
         else:
             stats.verified += 1
         try:
@@ -478,29 +225,13 @@ def _search_one(model, prompt: np.ndarray, symbol_ids: torch.Tensor, sym_tokens:
     return found
 
 
-def _batchable(cache) -> bool:
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (DynamicLayer, SlabLayer) for layer in layers)
-
-
-def _drop_columns(cache, keep: torch.Tensor) -> None:
-    if isinstance(cache, SlabCache):
-        cache.keep_columns(keep)  # moved to the front of its buffers
-        return
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(-2, keep)
-        layer.values = layer.values.index_select(-2, keep)
-
-
 def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.Tensor, sym_tokens: np.ndarray,
                   opts: dict, deadline: float | None, stats: SearchStats, cache: SlabCache | None = None,
                   keep: PromptCaches | None = None,
                   drafts: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[tuple[list[int], float]]] | None:
     """Lock-step search of several views in one batch; None when the cache cannot be batched
     this way (the caller then runs the views one by one). ``drafts``: each view's own guesses
-    (symbol indices, :class:`_Walk`).
+    (symbol indices, :class:`arcttt.tree.DraftWalk`).
 
     A row's held symbols are cache columns (``held``); a step feeds each row what its walk asks
     (one symbol, or the path's missing symbols and the rest of its draft), as a block of the step's
@@ -511,7 +242,7 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
     dropped or rows leave. A step then costs one upload and one download."""
     device = symbol_ids.device
     n, lens = len(prompts), [len(p) for p in prompts]
-    walks = [_Walk(d, DRAFT_CHUNK) for d in (drafts or [()] * n)]
+    walks = [DraftWalk(d, DRAFT_CHUNK) for d in (drafts or [()] * n)]
     width = max(lens)
     ids = np.full((n, width), pad, dtype=np.int64)
     alive = np.zeros((n, width + 256), dtype=np.int64)  # attention mask, with room to grow
@@ -524,14 +255,14 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
                 **last_logits_kwargs(model))
     stats.forwards += 1
     cache = out.past_key_values
-    if not _batchable(cache):
+    if not batchable(cache):
         return None
     if keep is not None and isinstance(cache, SlabCache):
         per_token = cache_bytes(cache) / max(1, n * cache.get_seq_length())
         for r, p in enumerate(prompts):  # a copy of the row's prompt, without its left padding
             if keep.wants(p, per_token * len(p)):  # within the budget before the copy is made
                 keep.put(p, cache.copy_of(r, width - len(p), width), out.logits[r, -1])
-    root = _symbol_logprobs(out.logits[:, -1], symbol_ids)
+    root = symbol_logprobs(out.logits[:, -1], symbol_ids)
     mask = torch.tensor(alive, device=device)  # a copy (also on a CPU, so the tests see its updates)
     found: list[list] = [[] for _ in range(n)]
     gens, reqs, held = {}, {}, {}
@@ -550,7 +281,7 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
 
     for v in range(n):
         held[v] = []
-        gens[v] = _tree_search(root[v], found[v], **opts)
+        gens[v] = tree_search(root[v], found[v], **opts)
         answer(v, None)
     rows = list(range(n))  # batch row -> view
     ncols = width
@@ -569,7 +300,7 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
         live = alive[:, :ncols].any(0)
         if ncols - live.sum() >= max(COMPACT_MIN_COLUMNS, ncols // 4):  # drop columns no row can see
             kept = np.flatnonzero(live)
-            _drop_columns(cache, torch.from_numpy(kept).to(device))
+            drop_columns(cache, torch.from_numpy(kept).to(device))
             new_index = np.cumsum(live) - 1
             for v in rows:
                 held[v] = [int(new_index[c]) for c in held[v]]
@@ -609,7 +340,7 @@ def _search_batch(model, prompts: list[np.ndarray], pad: int, symbol_ids: torch.
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         stats.forwards += 1
-        lps = _symbol_logprobs(out.logits[:, -k:], symbol_ids)
+        lps = symbol_logprobs(out.logits[:, -k:], symbol_ids)
         for r, (v, (kept_n, syms)) in enumerate(zip(rows, feeds)):
             stats.tokens_fed += len(syms)
             stats.draft_fed += len(syms) - (len(walks[v].path) - kept_n)
@@ -628,7 +359,7 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                    drafts: Sequence[Sequence[Sequence[int]] | None] | None = None) -> list[list[Completion]]:
     """The search on each prompt (each ending with the output marker): per prompt, its completions,
     most likely first. Stops at ``deadline`` (``time.time()``), returning what was found by then.
-    ``max_new_tokens``: default, the format's longest answer (:func:`answer_grammar`).
+    ``max_new_tokens``: default, the format's longest answer (``tm.grammar()``).
 
     ``preallocate``: give the prefills a :class:`arcttt.kvcache.SlabCache` (appends in place, crops
     move a length) where the model takes one; False: the model's own cache (``DynamicCache``).
@@ -639,7 +370,7 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
     stats = stats if stats is not None else SearchStats()
     t0 = time.time()
     device = torch.device(device) if device is not None else model_device(model)
-    gram = answer_grammar(tm)
+    gram = tm.grammar()
     sym_ids = list(gram.symbols)
     symbol_ids = torch.tensor(sym_ids, device=device)
     opts = dict(min_lp=-math.inf if greedy else math.log(threshold),
@@ -682,21 +413,6 @@ def search_prompts(model: torch.nn.Module, prompts: Sequence[np.ndarray], tm: To
                        key=lambda c: -c.logprob)
         stats.completions += len(comps)
         out.append(comps)
-    return out
-
-
-def draft_symbols(draft: Sequence[int] | None, gram, max_new: int) -> list[int]:
-    """A draft's token ids as the grammar's symbol indices the search would feed: up to its first
-    token that is no symbol or is the end (never fed), at most ``max_new - 1`` of them."""
-    if draft is None:
-        return []
-    index = {t: k for k, t in enumerate(gram.symbols)}
-    out = []
-    for t in list(draft)[:max(0, max_new - 1)]:
-        k = index.get(int(t))
-        if k is None or gram.is_end(k):
-            break
-        out.append(k)
     return out
 
 

@@ -42,8 +42,9 @@ from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import Task
 from arcttt.formats import TokenMap, answer_ids
+from arcttt.forward import inference, last_logits_kwargs, model_device, positions
 from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache, rows_within
-from arcttt.search import Candidate, checked_views, inference, last_logits_kwargs, model_device, positions
+from arcttt.search import Candidate, checked_views
 
 
 @dataclass

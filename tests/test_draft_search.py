@@ -2,7 +2,7 @@
 completions with the same probabilities as without one -- against plain search and brute-force
 enumeration, on both grammars, both caches, one view at a time and in lock-step, with drafts right,
 wrong at their first, middle and last token, too long, and of another spelling -- and makes the
-model calls counted by hand.
+model calls counted by hand. The draft walk alone (no model) is tests/test_tree.py.
 
 Probabilities from one multi-token forward and from one-token forwards may differ by float
 rounding (on the real Llama below; the table stand-in computes each position alone, so it is exact):
@@ -18,7 +18,7 @@ from arcttt import search
 from arcttt.augment import Augmentation
 from arcttt.data import Pair, Task
 from arcttt.formats import answer_ids, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
-from arcttt.search import SearchConfig, SearchStats, _Walk, search_prompts, search_test_input
+from arcttt.search import SearchConfig, SearchStats, search_prompts, search_test_input
 from test_search import (END_ID, TM, TableLM, assert_same, brute_force, copy_query_fn, random_fn, small_prompt,
                          teacher_forced_logprob, tiny_llama)
 
@@ -38,45 +38,6 @@ def variants(ids) -> dict[str, list[int]]:
 
     return {"right": ids, "first": wrong(0), "middle": wrong(body // 2), "last": wrong(body - 1),
             "short": ids[:max(1, body // 2)], "long": ids[:-1] + [TM.digits[1]] * 9 + [END_ID]}
-
-
-# --- the walk by hand ----------------------------------------------------------------------------
-
-def test_walk_by_hand():
-    a, b, c, d, x, y = (np.full(3, float(i)) for i in range(6))
-    w = _Walk([[1, 2, 3, 4, 5, 6]], chunk=2)
-    assert w.ask(0, 1) is None                         # the search took the draft's first symbol
-    assert w.to_feed() == (0, [1, 2, 3])               # it, and the next chunk (2) of the draft
-    assert w.fed(0, [1, 2, 3], [a, b, c]) is a
-    assert w.ask(1, 2) is b and w.ask(2, 3) is c       # on the draft: no call
-    assert w.ask(3, 4) is None
-    assert w.to_feed() == (3, [4, 5, 6])               # as many as are verified (3), up to the draft's end
-    assert w.fed(3, [4, 5, 6], [d, x, y]) is d
-    assert w.ask(2, 7) is None and w.to_feed() == (2, [7])   # off the draft: cut back to [1, 2], one symbol
-    assert w.fed(2, [7], [x]) is x
-    assert w.ask(2, 3) is c and w.ask(3, 4) is d       # back on it: verified before, no call
-    assert w.ask(4, 9) is None
-    assert w.to_feed() == (2, [3, 4, 9])               # the cache holds [1, 2, 7]: feed what the path lacks
-    assert w.fed(2, [3, 4, 9], [c, d, y]) is y
-    assert w.ask(1, 8) is None and w.to_feed() == (1, [8])
-
-
-def test_walk_with_two_drafts_by_hand():
-    a, b, c, x, y = (np.full(3, float(i)) for i in range(5))
-    w = _Walk([[1, 2, 3], [1, 5, 6]], chunk=2)
-    assert w.ask(0, 1) is None and w.to_feed() == (0, [1, 2, 3])   # on both: the first one is fed
-    w.fed(0, [1, 2, 3], [a, b, c])
-    assert w.ask(1, 5) is None and w.to_feed() == (1, [5, 6])      # on the second only: it is fed
-    assert w.fed(1, [5, 6], [x, y]) is x
-    assert w.ask(2, 6) is y                                         # verified by that call
-    assert w.ask(1, 2) is b and w.ask(2, 3) is c                    # the first's memo outlived the cut
-
-
-def test_walk_without_a_draft_feeds_one_symbol_a_call():
-    w = _Walk()
-    for depth, sym in [(0, 4), (1, 5), (1, 6), (0, 7), (1, 5)]:
-        assert w.ask(depth, sym) is None and w.to_feed() == (depth, [sym])
-        w.fed(depth, [sym], [np.zeros(3)])
 
 
 # --- exact against plain search and brute force: the digit grammar ----------------------------------

@@ -41,6 +41,22 @@ def feed(model, cache, tokens, **kw):
                      past_key_values=cache, use_cache=True, **kw)
 
 
+def test_crop_then_feed_equals_fresh_forward():
+    model, prompt = tiny_llama(), small_prompt(1, 2, 3)
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor(prompt)[None], use_cache=True).past_key_values
+        model(input_ids=torch.tensor([[4, 5, 10]]), past_key_values=cache, use_cache=True)
+        kvcache.crop_to(cache, len(prompt))
+        assert cache.get_seq_length() == len(prompt)
+        cached = model(input_ids=torch.tensor([[7]]), past_key_values=cache, use_cache=True).logits[0, -1]
+        fresh = model(input_ids=torch.tensor(np.append(prompt, 7))[None]).logits[0, -1]
+    torch.testing.assert_close(cached, fresh, atol=1e-5, rtol=1e-5)
+    # a legacy tuple of (key, value) per layer comes back as a new, shorter tuple
+    k = torch.arange(10.0).view(1, 1, 5, 2)
+    (ck, cv), = kvcache.crop_to(((k, k + 1),), 3)
+    assert torch.equal(ck, k[:, :, :3]) and torch.equal(cv, k[:, :, :3] + 1)
+
+
 def test_slab_cache_follows_a_dynamic_cache_through_decode_crop_and_growth():
     model, prompt = tiny_llama(), small_prompt(1, 2, 3)
     slab, dyn = SlabCache(reserve=2), DynamicCache()  # reserve 2: it must grow several times
