@@ -8,6 +8,7 @@ degrees counter-clockwise, recolour c -> key digit at position c, demonstrations
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -155,3 +156,13 @@ def sample_augmentations(n: int, rng: np.random.Generator, *, n_train: int | Non
             seen.add(aug.key)
             out.append(aug)
     return out
+
+
+def view_augmentations(task: Task, test_index: int, n: int, *, keep_background: bool, seed: int,
+                       include_identity: bool = True) -> list[Augmentation]:
+    """``n`` distinct augmentations for one test input (the search's and the scoring's views), the
+    identity first; reproducible from the seed, the task id and the test index (so resuming a run
+    gives the same views)."""
+    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode()), test_index])
+    return sample_augmentations(n, rng, n_train=len(task.train), keep_background=keep_background,
+                                include_identity=include_identity)

@@ -146,8 +146,9 @@ def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phase
     """Search, score and choose the two attempts for test input ``i``."""
     import torch
 
+    from arcttt.augment import view_augmentations
     from arcttt.kvcache import PromptCaches
-    from arcttt.search import SearchStats, search_session, view_augmentations
+    from arcttt.search import SearchStats, search_session
     from arcttt.select import choose_attempts, score_session
     from arcttt.ttt_data import answer_room, test_prompts
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arcttt.augment import view_augmentations
 from arcttt.budget import TaskDeadlines
 from arcttt.config import load_config
 from arcttt.data import load_split
@@ -37,7 +38,7 @@ from arcttt.formats import encode
 from arcttt.model import load_model
 from arcttt.pipeline import solve_task
 from arcttt.submission import fallback_attempts
-from arcttt.search import SearchConfig, search_session, view_augmentations
+from arcttt.search import SearchConfig, search_session
 from arcttt.synthetic import held_out
 from arcttt.ttt_data import max_answer_len, test_prompts
 

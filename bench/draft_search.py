@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arcttt.augment import view_augmentations
 from arcttt.data import load_split
 from arcttt.formats import compact_token_map
 from arcttt.model import ModelConfig, load_model, make_tiny_model
-from arcttt.search import SearchConfig, SearchStats, grid_key, search_test_input, view_augmentations
+from arcttt.search import SearchConfig, SearchStats, grid_key, search_test_input
 from arcttt.synthetic import generate
 from arcttt.ttt_data import test_prompts
 

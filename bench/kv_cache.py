@@ -116,7 +116,8 @@ def forward_rows(session) -> list[dict]:
     from arcttt.config import RunConfig
     from arcttt.data import load_split
     from arcttt.kvcache import PromptCaches
-    from arcttt.search import Candidate, search_test_input, view_augmentations
+    from arcttt.augment import view_augmentations
+    from arcttt.search import Candidate, search_test_input
     from arcttt.select import score_candidates
     from arcttt.ttt_data import test_prompts
 

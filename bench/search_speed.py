@@ -43,12 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arcttt.augment import Augmentation
+from arcttt.augment import Augmentation, view_augmentations
 from arcttt.data import load_split
 from arcttt.formats import answer_ids
 from arcttt.model import LoraConfig, ModelConfig, load_model, make_tiny_model
-from arcttt.search import MAX_ANSWER_TOKENS, SearchStats, search_prompts, view_augmentations
+from arcttt.search import SearchStats, search_prompts
 from arcttt.select import answer_logprobs
+from arcttt.tree import MAX_ANSWER_TOKENS
 from arcttt.ttt_data import test_prompts
 
 MODELS = {"tiny": dict(hidden=64, layers=2, heads=4, intermediate=128),

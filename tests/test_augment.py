@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours, sample_augmentations
+from arcttt.augment import (D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours, sample_augmentations,
+                            view_augmentations)
 
 
 @st.composite
@@ -153,6 +154,13 @@ def test_sample_augmentations_distinct_and_cover_d8():
     # only 8 distinct ones exist without colours or order
     assert len(sample_augmentations(20, np.random.default_rng(1), colour=False)) == 8
     assert sample_augmentations(0, np.random.default_rng(1)) == []
+
+
+def test_view_augmentations_are_reproducible(arc1_train):
+    small_task = min(arc1_train, key=lambda t: t.cells())
+    a = view_augmentations(small_task, 0, 6, keep_background=True, seed=3)
+    assert [x.key for x in a] == [x.key for x in view_augmentations(small_task, 0, 6, keep_background=True, seed=3)]
+    assert a[0].is_identity and len({x.key for x in a}) == 6 and all(x.colours[0] == 0 for x in a)
 
 
 def test_whole_real_tasks_map_back_to_their_answers(arc1_eval):

@@ -89,7 +89,9 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
     from arcttt.model import LoraConfig, ModelConfig, load_model
     from arcttt.pipeline import solve_task
     from arcttt.backends import backend_of
-    from arcttt.search import inference, search_prompts, view_augmentations
+    from arcttt.augment import view_augmentations
+    from arcttt.forward import inference
+    from arcttt.search import search_prompts
     from arcttt.select import answer_logprobs
     from arcttt.ttt_data import DataConfig, test_prompts, training_sequences
 

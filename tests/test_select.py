@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from arcttt import select
-from arcttt.augment import Augmentation
+from arcttt.augment import Augmentation, view_augmentations
 from arcttt.data import parse_grid
 from arcttt.formats import answer_ids, compact_token_map, encode
-from arcttt.search import Candidate, SearchConfig, search_session, view_augmentations
+from arcttt.search import Candidate, SearchConfig, search_session
 from arcttt.select import (ScoredCandidate, SelectConfig, answer_logprobs, choose_attempts,
                            hierarchical_votes, score_candidates, score_session)
 # tests/ is on sys.path under pytest's default (prepend) import mode
