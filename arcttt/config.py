@@ -1,5 +1,6 @@
 """The run's configuration: one typed dataclass per stage, composed into :class:`RunConfig`, with
-presets as values and overrides by dotted name (``ttt.lr=5e-5``).
+presets as values (each a :func:`variant` of a base: only what differs, beside its source) and
+overrides by dotted name (``ttt.lr=5e-5``).
 
 Every stage module owns its config (``ttt_data.DataConfig``, ``model.ModelConfig``,
 ``ttt.TTTConfig``, ``search.SearchConfig``, ``select.SelectConfig``, ``budget.BudgetConfig``); this
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from arcttt.budget import BudgetConfig
-from arcttt.model import LoraConfig, ModelConfig
+from arcttt.model import ModelConfig
 from arcttt.search import SearchConfig
 from arcttt.select import SelectConfig
 from arcttt.ttt import TTTConfig
@@ -61,31 +62,56 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+T = typing.TypeVar("T")
+
+
+def variant(base: T, **changes: Any) -> T:
+    """A copy of dataclass ``base`` with ``changes`` (``dataclasses.replace``); a mapping given for a
+    nested config changes only the fields it names (``model=dict(dtype="fp16")``)."""
+    def changed(name: str, value: Any) -> Any:
+        current = getattr(base, name)
+        return variant(current, **value) if isinstance(value, dict) and dataclasses.is_dataclass(current) else value
+
+    return dataclasses.replace(base, **{name: changed(name, value) for name, value in changes.items()})
+
+
+def _gpu_12h() -> RunConfig:
+    # The base of the GPU presets: a 12-hour Kaggle run, 10 minutes kept back at the end, at most an
+    # hour on one task; each stage otherwise at its defaults (backend and dtype auto, no 4-bit).
+    return RunConfig(budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0))
+
+
+def _cpu() -> RunConfig:
+    # The base of the CPU presets: transformers + peft in fp32 (no 4-bit), one worker, 5 minutes.
+    return RunConfig(
+        model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32"),
+        budget=BudgetConfig(time_budget_s=300.0, safety_margin_s=15.0, min_task_s=1.0, max_task_s=120.0,
+                            hang_grace_s=30.0),
+        workers=1,
+    )
+
+
 def _kaggle_l4x4() -> RunConfig:
     # 4 x L4 (24 GB, bf16), 12 h, ~240 hidden tasks: ~12 GPU-minutes a task on average.
-    return RunConfig(
-        preset="kaggle-l4x4",
-        data=DataConfig(n_sequences=96, max_len=8192),
-        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="auto", max_seq_len=8192,
-                          gradient_checkpointing=True, lora=LoraConfig(rank=64, alpha=32)),
-        ttt=TTTConfig(steps=96, lr=1e-4, batch_tokens=8192),
-        search=SearchConfig(n_augmentations=8, threshold=0.1),
-        select=SelectConfig(n_views=8),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+    return variant(
+        _gpu_12h(), preset="kaggle-l4x4",
+        data=dict(n_sequences=96, max_len=8192),
+        model=dict(load_in_4bit=True, max_seq_len=8192, gradient_checkpointing=True, lora=dict(rank=64, alpha=32)),
+        ttt=dict(steps=96, lr=1e-4, batch_tokens=8192),
+        search=dict(n_augmentations=8, threshold=0.1),
+        select=dict(n_views=8),
     )
 
 
 def _kaggle_t4x2() -> RunConfig:
     # 2 x T4 (16 GB, no bf16 -> fp16), 12 h: half the GPUs, each slower: less TTT, fewer views.
-    return RunConfig(
-        preset="kaggle-t4x2",
-        data=DataConfig(n_sequences=64, max_len=6144),
-        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="fp16", max_seq_len=6144,
-                          gradient_checkpointing=True, lora=LoraConfig(rank=32, alpha=32)),
-        ttt=TTTConfig(steps=48, lr=1e-4, batch_tokens=6144),
-        search=SearchConfig(n_augmentations=4, threshold=0.1),
-        select=SelectConfig(n_views=4),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+    return variant(
+        _kaggle_l4x4(), preset="kaggle-t4x2",
+        data=dict(n_sequences=64, max_len=6144),
+        model=dict(dtype="fp16", max_seq_len=6144, lora=dict(rank=32)),
+        ttt=dict(steps=48, batch_tokens=6144),
+        search=dict(n_augmentations=4),
+        select=dict(n_views=4),
     )
 
 
@@ -94,110 +120,108 @@ def _cpu_smoke() -> RunConfig:
     # puts no answer above any useful search threshold, so it decodes greedily: that still takes
     # every candidate through parsing, the inverse augmentation, scoring and selection. Its answers
     # get room for a 30 x 30 grid: a random model ends no shorter one, and would leave nothing to score.
-    return RunConfig(
-        preset="cpu-smoke",
-        data=DataConfig(n_sequences=8, max_len=4096, answer_room="largest"),
-        model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=4096,
-                          lora=LoraConfig(rank=8, alpha=16)),
-        ttt=TTTConfig(steps=8, lr=1e-3, batch_tokens=4096),
-        search=SearchConfig(n_augmentations=2, greedy=True),
-        select=SelectConfig(n_views=2),
-        budget=BudgetConfig(time_budget_s=300.0, safety_margin_s=15.0, min_task_s=1.0,
-                            max_task_s=120.0, hang_grace_s=30.0),
-        workers=1,
+    return variant(
+        _cpu(), preset="cpu-smoke",
+        data=dict(n_sequences=8, max_len=4096, answer_room="largest"),
+        model=dict(max_seq_len=4096, lora=dict(rank=8, alpha=16)),
+        ttt=dict(steps=8, lr=1e-3, batch_tokens=4096),
+        search=dict(n_augmentations=2, greedy=True),
+        select=dict(n_views=2),
     )
 
 
 def _cpu_tiny() -> RunConfig:
     # Our own small trained model (weights/arcttt-tiny-syn) on a CPU: real TTT, search and scoring.
-    # Measured on 8 held-out colour-map tasks (weights/README.md): 64 TTT steps solve 6/8, none
-    # without TTT; with colour permutations in the TTT data, 1/8 (the model learns the task's own
-    # colour map into its adapter; permuted, the map changes from sequence to sequence); at a search
-    # threshold of 0.1 it keeps no answer (a 1 M-weight model spreads its probability).
-    return RunConfig(
-        preset="cpu-tiny",
-        data=DataConfig(n_sequences=32, max_len=1024, colours=False),
-        model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=1024,
-                          lora=LoraConfig(rank=16, alpha=16)),
-        ttt=TTTConfig(steps=64, lr=1e-3, batch_tokens=2048, optimizer="adamw"),
-        search=SearchConfig(n_augmentations=2, threshold=0.02),
-        select=SelectConfig(n_views=2),
-        budget=BudgetConfig(time_budget_s=300.0, safety_margin_s=15.0, min_task_s=1.0,
-                            max_task_s=120.0, hang_grace_s=30.0),
-        workers=1,
+    return variant(
+        _cpu(), preset="cpu-tiny",
+        # Measured on 8 held-out colour-map tasks (weights/README.md): 64 TTT steps solve 6/8, none
+        # without TTT; with colour permutations in the TTT data, 1/8 (the model learns the task's own
+        # colour map into its adapter; permuted, the map changes from sequence to sequence)
+        data=dict(n_sequences=32, max_len=1024, colours=False),
+        model=dict(max_seq_len=1024, lora=dict(rank=16, alpha=16)),
+        ttt=dict(steps=64, lr=1e-3, batch_tokens=2048, optimizer="adamw"),
+        # at a search threshold of 0.1 it keeps no answer (a 1 M-weight model spreads its probability)
+        search=dict(n_augmentations=2, threshold=0.02),
+        select=dict(n_views=2),
     )
 
 
 def _nvarc_l4x4() -> RunConfig:
     # NVARC's recipe for their Qwen3-4B checkpoint (1ytic/NVARC; shared/FIELD-NOTES.md), on 4 x L4.
-    return RunConfig(
-        preset="nvarc-l4x4",
+    return variant(
+        _gpu_12h(), preset="nvarc-l4x4",
         # 128 samples: 8 symmetries x 16 permutations of all 10 colours; loss on every output
-        data=DataConfig(n_sequences=128, max_len=8192, keep_background=False, loss_on_demo_outputs=True,
-                        loss_on_first_output=True),
+        data=dict(n_sequences=128, max_len=8192, keep_background=False, loss_on_demo_outputs=True,
+                  loss_on_first_output=True),
         # bf16, no 4-bit, no gradient checkpointing, max length 8192; the checkpoint's own format
-        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192,
-                          gradient_checkpointing=False, format="nvarc",
-                          # r=256, alpha 32, rsLoRA, all 7 linear layers plus embed_tokens and lm_head
-                          lora=LoraConfig(rank=256, alpha=32, use_rslora=True, lora_embeddings=True)),
+        model=dict(load_in_4bit=False, dtype="bf16", max_seq_len=8192, gradient_checkpointing=False, format="nvarc",
+                   # r=256, alpha 32, rsLoRA, all 7 linear layers plus embed_tokens and lm_head
+                   lora=dict(rank=256, alpha=32, use_rslora=True, lora_embeddings=True)),
         # lr 5e-5, cosine, warmup 0.1, batch 1, one epoch over the 128 samples
-        ttt=TTTConfig(steps=128, lr=5e-5, warmup_frac=0.1, batch_tokens=8192, max_batch_size=1),
+        ttt=dict(steps=128, lr=5e-5, warmup_frac=0.1, batch_tokens=8192, max_batch_size=1),
         # 16 views (8 symmetries x 2 colourings of all 10 colours), DFS at min probability 0.2
-        search=SearchConfig(n_augmentations=16, threshold=0.2, keep_background=False),
+        search=dict(n_augmentations=16, threshold=0.2, keep_background=False),
         # every candidate rescored under 8 augmentations; choice = hits minus mean NLL over the views
-        select=SelectConfig(method="nvarc", n_views=8, hits_weight=1.0, keep_background=False),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+        select=dict(method="nvarc", n_views=8, hits_weight=1.0, keep_background=False),
         workers=None,  # one per GPU: 4 on 4 x L4
     )
 
 
-def _architects(preset_name: str, t4: bool) -> RunConfig:
+def _architects_l4x4() -> RunConfig:
     # The ARChitects' per-task recipe for their pre-cut, pre-quantized checkpoints (da-fr/arc-prize-2024,
     # da-fr/Product-of-Experts-ARC-Paper; shared/FIELD-NOTES.md).
-    return RunConfig(
-        preset=preset_name,
+    return variant(
+        _gpu_12h(), preset="architects-l4x4",
         # 64 samples; all 10 colours permuted; the first output masked from the loss
-        data=DataConfig(n_sequences=64, max_len=6144 if t4 else 8192, keep_background=False,
-                        loss_on_demo_outputs=True, loss_on_first_output=False),
-        # saved in bnb 4-bit: loaded as they are (no second quantization); fp16 on a T4 (no bf16)
-        model=ModelConfig(backend="auto", load_in_4bit=True, dtype="fp16" if t4 else "bf16",
-                          max_seq_len=6144 if t4 else 8192, gradient_checkpointing=True, format="architects",
-                          # 2025 per-task: r=32, alpha 16 (no rsLoRA scaling stated: plain alpha/r)
-                          lora=LoraConfig(rank=32, alpha=16, use_rslora=False)),
+        data=dict(n_sequences=64, max_len=8192, keep_background=False, loss_on_demo_outputs=True,
+                  loss_on_first_output=False),
+        # saved in bnb 4-bit: loaded as they are (no second quantization)
+        model=dict(load_in_4bit=True, dtype="bf16", max_seq_len=8192, gradient_checkpointing=True, format="architects",
+                   # 2025 per-task: r=32, alpha 16 (no rsLoRA scaling stated: plain alpha/r)
+                   lora=dict(rank=32, alpha=16, use_rslora=False)),
         # batch 1, one pass over the 64 samples; lr is not in the facts: our default 1e-4
-        ttt=TTTConfig(steps=64, lr=1e-4, batch_tokens=6144 if t4 else 8192, max_batch_size=1),
+        ttt=dict(steps=64, lr=1e-4, batch_tokens=8192, max_batch_size=1),
         # DFS at a min probability of 0.09-0.17 under 16 views: 0.1
-        search=SearchConfig(n_augmentations=16, threshold=0.1, keep_background=False),
+        search=dict(n_augmentations=16, threshold=0.1, keep_background=False),
         # product of experts: the sum of NLL over the views, no hits bonus
-        select=SelectConfig(method="poe", n_views=16 if not t4 else 8, hits_weight=0.0, keep_background=False),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+        select=dict(method="poe", n_views=16, hits_weight=0.0, keep_background=False),
+    )
+
+
+def _architects_t4x2() -> RunConfig:
+    # The ARChitects' recipe on 2 x T4 (16 GB each): fp16 (no bf16), shorter sequences, 8 scoring views.
+    return variant(
+        _architects_l4x4(), preset="architects-t4x2",
+        data=dict(max_len=6144),
+        model=dict(dtype="fp16", max_seq_len=6144),
+        ttt=dict(batch_tokens=6144),
+        select=dict(n_views=8),
     )
 
 
 def _mit() -> RunConfig:
     # MIT's test-time training (ekinakyurek/marc; issue #12, shared/FIELD-NOTES.md) for their
     # marc-8B-finetuned-llama3 checkpoint in its own format (a Llama-3 chat, numpy-printed grids).
-    return RunConfig(
-        preset="mit",
+    return variant(
+        _gpu_12h(), preset="mit",
         # at most 250 leave-one-out tasks under augmentations; loss on the outputs after the first;
         # colour permutations keep 0 (MIT keeps the background). Their leave-two-out tasks are not made.
-        data=DataConfig(n_sequences=250, max_len=8192, keep_background=True, loss_on_demo_outputs=True,
-                        loss_on_first_output=False),
+        data=dict(n_sequences=250, max_len=8192, keep_background=True, loss_on_demo_outputs=True,
+                  loss_on_first_output=False),
         # bf16 LoRA on Llama 3 8B; r=128, alpha 16, on q/v projections and the MLP (not the output
         # projection), plain alpha/r scaling
-        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="mit",
-                          lora=LoraConfig(rank=128, alpha=16, use_rslora=False,
-                                          target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))),
+        model=dict(load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="mit",
+                   lora=dict(rank=128, alpha=16, use_rslora=False,
+                             target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))),
         # batch 2, 2 epochs over the 250 tasks = 250 steps; lr 1e-4 (their script's default), cosine with
         # 10 % warmup, weight decay 0.01
-        ttt=TTTConfig(steps=250, lr=1e-4, warmup_frac=0.1, weight_decay=0.01, batch_tokens=16384, max_batch_size=2),
+        ttt=dict(steps=250, lr=1e-4, warmup_frac=0.1, weight_decay=0.01, batch_tokens=16384, max_batch_size=2),
         # greedy decoding under 2 permutations x 5 geometric views = 10 views (their views also drop
         # demonstrations, leave-one-out; ours show them all)
-        search=SearchConfig(n_augmentations=10, greedy=True, keep_background=True),
+        search=dict(n_augmentations=10, greedy=True, keep_background=True),
         # hierarchical voting over the views' answers; no likelihood rescoring (n_views=0: ties broken
         # by the search's own logprob)
-        select=SelectConfig(method="vote", n_views=0, keep_background=True),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+        select=dict(method="vote", n_views=0, keep_background=True),
     )
 
 
@@ -206,29 +230,28 @@ def _omni_arc() -> RunConfig:
     # r=128, in its own format (Qwen chat, markdown prompt, ```grid shape: HxW blocks). Their TTT
     # continues the published adapter: give it as --set model.adapter=DIR (its own rank, alpha and
     # targets then win over the LoRA below, and every task's reset restores it); without it a fresh LoRA.
-    return RunConfig(
-        preset="omni-arc",
+    return variant(
+        _gpu_12h(), preset="omni-arc",
         # n-1 leave-one-out tasks under augmentations, loss on the answer turn only (the completion
         # only collator); colour handling is not in the facts: our default (0 kept)
-        data=DataConfig(n_sequences=300, max_len=8192, loss_on_demo_outputs=False),
+        data=dict(n_sequences=300, max_len=8192, loss_on_demo_outputs=False),
         # LoRA r=128 as published; alpha is not in the facts: 2 x r
-        model=ModelConfig(backend="auto", load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="omni-arc",
-                          lora=LoraConfig(rank=128, alpha=256, use_rslora=False)),
+        model=dict(load_in_4bit=False, dtype="bf16", max_seq_len=8192, format="omni-arc",
+                   lora=dict(rank=128, alpha=256, use_rslora=False)),
         # batch 1, about 300 steps, lr 8e-5
-        ttt=TTTConfig(steps=300, lr=8e-5, batch_tokens=8192, max_batch_size=1),
+        ttt=dict(steps=300, lr=8e-5, batch_tokens=8192, max_batch_size=1),
         # 96 augmented greedy predictions
-        search=SearchConfig(n_augmentations=96, greedy=True),
+        search=dict(n_augmentations=96, greedy=True),
         # voting over the predictions, no likelihood rescoring
-        select=SelectConfig(method="vote", n_views=0),
-        budget=BudgetConfig(time_budget_s=12 * 3600.0, safety_margin_s=600.0, max_task_s=3600.0),
+        select=dict(method="vote", n_views=0),
     )
 
 
 PRESETS = {"kaggle-l4x4": _kaggle_l4x4, "kaggle-t4x2": _kaggle_t4x2, "cpu-smoke": _cpu_smoke, "cpu-tiny": _cpu_tiny,
-           "nvarc-l4x4": _nvarc_l4x4,
-           "architects-t4x2": lambda: _architects("architects-t4x2", t4=True),
-           "architects-l4x4": lambda: _architects("architects-l4x4", t4=False),
+           "nvarc-l4x4": _nvarc_l4x4, "architects-t4x2": _architects_t4x2, "architects-l4x4": _architects_l4x4,
            "mit": _mit, "omni-arc": _omni_arc}
+"""Each a function returning a fresh RunConfig: a variant of a base (``_gpu_12h``, ``_cpu``) or of
+another preset (the T4 ones of their L4 ones)."""
 
 
 def preset(name: str) -> RunConfig:
@@ -246,9 +269,6 @@ def load_config(config: str | Path = "auto", overrides: typing.Iterable[str] = (
 
         config = choose_preset()
     return build_config(config, PRESETS, overrides, file_preset="cpu-smoke", also=("auto",))
-
-
-T = typing.TypeVar("T")
 
 
 def build_config(config: str | Path, presets: typing.Mapping[str, typing.Callable[[], T]],

@@ -44,11 +44,13 @@ import torch.nn.functional as F
 
 from arcttt import formats, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
+from arcttt.causal_lm import load_causal_lm, resolve_dtype
 from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
                          parse_task, read_json, shown, task_to_json)
 from arcttt.formats import Encoded, TokenMap
-from arcttt.model import LoraConfig
-from arcttt.ttt import lr_at, make_optimizer
+from arcttt.model import LoraConfig, attach_lora, model_token_map
+from arcttt.ttt import OptimConfig, lr_at, make_optimizer
+from arcttt.ttt_data import AugmentConfig
 
 ALWAYS_EXCLUDED = ("arc-agi-1-eval", "arc-agi-2-eval")
 CHECKPOINT = "checkpoint"
@@ -57,33 +59,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 @dataclass
-class FinetuneConfig:
-    """Hyperparameters of one fine-tuning run (``--config`` preset or file, then ``--set k=v``)."""
+class FinetuneConfig(OptimConfig, AugmentConfig):
+    """Hyperparameters of one fine-tuning run (``--config`` preset or file, then ``--set k=v``): the
+    optimiser's (:class:`arcttt.ttt.OptimConfig`: ``lr``, ``warmup_frac``, ...) and the augmentations'
+    (:class:`arcttt.ttt_data.AugmentConfig`: ``symmetries``, ``colours``, ...) as TTT has them, and its own."""
 
+    # the optimiser's fields whose default differs here (what they mean: OptimConfig)
+    steps: int = 1000
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    optimizer: Literal["adamw", "adamw8bit", "auto"] = "adamw"
     preset: str = "custom"
     mode: Literal["full", "lora"] = "full"
     """full: train every weight; lora: train an adapter (``lora``), merged into the weights at the end."""
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=64, alpha=32))
-    steps: int = 1000
-    """Optimizer steps."""
-    lr: float = 1e-4
-    warmup_frac: float = 0.05
-    min_lr_frac: float = 0.1
-    """The cosine decays to ``lr * min_lr_frac``."""
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    optimizer: Literal["adamw", "adamw8bit", "auto"] = "adamw"
     batch_rows: int = 8
     """Packed rows per optimizer step over all processes (the global batch; a multiple of the processes)."""
     micro_rows: int = 1
     """Rows in one forward/backward of one process (the rest is gradient accumulation)."""
     seq_len: int = 8192
     """Tokens of a packed row; a sample longer than this drops demonstrations, or is skipped."""
-    symmetries: bool = True
-    colours: bool = True
-    order: bool = True
-    keep_background: bool = True
-    """Colour 0 stays 0 under colour permutations."""
     loss_on_demo_outputs: bool = True
     """Loss also on every demonstration output after the first, not only on the answer."""
     dtype: Literal["fp32", "bf16"] = "fp32"
@@ -107,16 +102,13 @@ class FinetuneConfig:
     def __post_init__(self):
         if isinstance(self.lora, dict):
             self.lora = LoraConfig(**self.lora)
-        errors = []
+        errors = self.optim_faults()
         if self.mode not in ("full", "lora"):
             errors.append(f"mode must be full or lora, got {self.mode!r}")
         if self.steps < 1 or self.batch_rows < 1 or self.micro_rows < 1 or self.save_every < 1:
             errors.append("steps, batch_rows, micro_rows and save_every must be >= 1")
         if self.eval_every < 0:
             errors.append(f"eval_every must be >= 0, got {self.eval_every}")
-        if not self.lr > 0 or not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
-            errors.append(f"need lr > 0, warmup_frac in [0, 1), min_lr_frac in [0, 1]; got {self.lr}, "
-                          f"{self.warmup_frac}, {self.min_lr_frac}")
         if self.seq_len < 16:
             errors.append(f"seq_len must be >= 16, got {self.seq_len}")
         if self.stop_at_step is not None and not 1 <= self.stop_at_step <= self.steps:
@@ -125,17 +117,22 @@ class FinetuneConfig:
             raise ValueError("FinetuneConfig: " + "; ".join(errors))
 
 
+def _gpu() -> FinetuneConfig:
+    # the base of the GPU presets: 2000 steps of rows as long as a TTT sequence, activations recomputed
+    return dataclasses.replace(FinetuneConfig(), steps=2000, seq_len=8192, grad_checkpointing=True)
+
+
 PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
     # a small model from random initialisation on this kind of 2-core CPU (see weights/README.md)
-    "cpu-tiny": lambda: FinetuneConfig(preset="cpu-tiny", mode="full", steps=1000, lr=2e-3, warmup_frac=0.02,
-                                       batch_rows=4, seq_len=2048, save_every=100),
+    "cpu-tiny": lambda: dataclasses.replace(FinetuneConfig(), preset="cpu-tiny", mode="full", steps=1000, lr=2e-3,
+                                            warmup_frac=0.02, batch_rows=4, seq_len=2048, save_every=100),
     # an adapter on a pretrained model, one or more GPUs
-    "gpu-lora": lambda: FinetuneConfig(preset="gpu-lora", mode="lora", lora=LoraConfig(rank=128, alpha=32),
-                                       steps=2000, lr=1e-4, batch_rows=16, seq_len=8192, grad_checkpointing=True),
+    "gpu-lora": lambda: dataclasses.replace(_gpu(), preset="gpu-lora", mode="lora", lora=LoraConfig(rank=128, alpha=32),
+                                            lr=1e-4, batch_rows=16),
     # every weight (NVARC's way); FSDP when the model and AdamW do not fit one GPU
-    "gpu-full": lambda: FinetuneConfig(preset="gpu-full", mode="full", steps=2000, lr=2e-5, batch_rows=32,
-                                       seq_len=8192, grad_checkpointing=True),
+    "gpu-full": lambda: dataclasses.replace(_gpu(), preset="gpu-full", mode="full", lr=2e-5, batch_rows=32),
 }
+"""Each a function returning a fresh FinetuneConfig, a variant of the defaults or of ``_gpu``."""
 
 
 def load_finetune_config(config: str | Path | None = None, overrides: list[str] | tuple = ()) -> FinetuneConfig:
@@ -378,34 +375,19 @@ def setup_distributed() -> Dist:
 
 
 def load_base(path: Path, cfg: FinetuneConfig, device: torch.device):
-    """The model to train: weights in ``cfg.dtype`` on ``device``, with a LoRA adapter in lora mode."""
-    from arcttt.offline import set_offline_env
-
-    set_offline_env()
-    from transformers import AutoModelForCausalLM
-
+    """The model to train: weights in ``cfg.dtype`` on ``device``, with a LoRA adapter in lora mode
+    (attached as TTT attaches its own: :func:`arcttt.model.attach_lora`)."""
     # straight onto this process's GPU (no whole copy in host memory per process); under FSDP each
     # process then keeps only its shard, so what must fit one GPU is the weights alone, not the
     # gradients and optimizer state (12 of the 16 bytes a weight of fp32 AdamW training)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype], local_files_only=True,
-        use_safetensors=True, trust_remote_code=False,
-        device_map={"": device} if device.type == "cuda" else None).to(device)
+    model = load_causal_lm(path, resolve_dtype(cfg.dtype, device),
+                           device_map={"": device} if device.type == "cuda" else None).to(device)
     model.config.use_cache = False
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.mode == "lora":
-        model = _with_lora(model, cfg.lora)
+        model = attach_lora(model, cfg.lora)
     return model
-
-
-def _with_lora(model, lora: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
-
-    return get_peft_model(model, PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
-        target_modules=list(lora.target_modules), modules_to_save=lora.full_modules or None, bias="none",
-        task_type="CAUSAL_LM"))
 
 
 def wrap(model, cfg: FinetuneConfig, dist: Dist):
@@ -567,17 +549,15 @@ def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig
     """Write the trained model to ``out`` as a ready model directory: the base architecture with the
     trained weights (the adapter merged), in the base's dtype, its tokenizer files and arcttt.json."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModelForCausalLM
 
     from arcttt.weights import portable_config
 
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=dist.world > 1))
     if not dist.main:
         return
-    fresh = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto", local_files_only=True,
-                                                 use_safetensors=True, trust_remote_code=False)
+    fresh = load_causal_lm(base)  # in the base's saved dtype
     if cfg.mode == "lora":
-        fresh = _with_lora(fresh, cfg.lora)
+        fresh = attach_lora(fresh, cfg.lora)
     fresh.load_state_dict(weights)
     if cfg.mode == "lora":
         fresh = fresh.merge_and_unload()
@@ -746,7 +726,10 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
         raise ValueError(f"{out} holds a checkpoint: pass --resume to continue it, or choose another --out")
     check_output_dir(out, base, overwrite=overwrite, unfinished=_unfinished_run)
     old_model = set(os.listdir(out)) - set(RUN_FILES) if out.is_dir() else set()  # an overwritten model's files
-    tm = _token_map(base, format)  # before anything is written
+    try:  # read as `run` reads it (arcttt.json checked against tokenizer.json); before anything is written
+        tm, _ = model_token_map(base, format)
+    except formats.FormatError as e:
+        raise formats.FormatError(f"{base}: {e}") from None
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     log_file = out / "finetune.log"
@@ -813,17 +796,3 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return summary
-
-
-def _token_map(base: Path, format: str | None) -> TokenMap:
-    """The base model's recorded token map, or (``format`` differs or none is recorded) one read
-    from its tokenizer."""
-    if (base / formats.META_FILE).is_file():
-        tm, _ = formats.read_model_meta(base)
-        if format is None or format == tm.format:
-            return tm
-    if format is None:
-        raise ValueError(f"{base} has no {formats.META_FILE}: say which format to train with --format")
-    # the tokenizers library, as `run` reads it: it cannot run a model folder's own code (an
-    # auto_map in tokenizer_config.json), where transformers' AutoTokenizer would offer to
-    return formats.token_map_from_tokenizer(format, formats.load_tokenizer(base))

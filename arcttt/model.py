@@ -39,11 +39,11 @@ import torch
 
 from arcttt import formats
 from arcttt.backends import backend_of
+from arcttt.causal_lm import DTYPES, OFFLINE_KWARGS, load_causal_lm, resolve_dtype
 from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
 
 # All linear layers of a Llama/Qwen/Mistral decoder block.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 log = logging.getLogger("arcttt.model")
 
@@ -231,15 +231,6 @@ def import_unsloth_first(backend: str) -> bool:
     return True
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda":
-        # native bf16 needs compute capability 8.0+; is_bf16_supported() also counts emulation (T4)
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return torch.float32
-
-
 def check_model_dir(path: str | Path, format: str | None = None) -> tuple[Path, formats.TokenMap, dict]:
     """The directory, its token map and metadata, or a :class:`ModelLoadError` saying what is wrong.
 
@@ -411,45 +402,37 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession
     return session
 
 
-def _from_pretrained_kwargs() -> dict:
-    return {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    import transformers
-
-    # transformers renamed torch_dtype to dtype in 4.56; older 4.4x only know torch_dtype
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def _peft_config(cfg: ModelConfig):
+def peft_lora_config(lora: LoraConfig):
+    """The ``peft.LoraConfig`` of ``lora``: a LoRA on ``lora_modules`` (the embeddings and head too with
+    ``lora_embeddings``), ``full_modules`` trained in full. TTT and finetune both attach through it."""
     from peft import LoraConfig as PeftLoraConfig
 
-    lora = cfg.lora
     return PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
                           target_modules=lora.lora_modules, modules_to_save=lora.full_modules or None,
                           bias="none", task_type="CAUSAL_LM")
 
 
-def _load_hf(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+def attach_lora(model, lora: LoraConfig):
+    """``model`` (a transformers causal LM) wrapped by peft with a fresh LoRA as ``lora`` says."""
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    kwargs = {**_from_pretrained_kwargs(), **_dtype_kwarg(dtype),
-              "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu"}
+    return get_peft_model(model, peft_lora_config(lora))
+
+
+def _load_hf(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    kwargs: dict[str, Any] = {"device_map": {"": device.index or 0} if device.type == "cuda" else "cpu"}
     if cfg.load_in_4bit and not prequantized(path):  # a pre-quantized directory loads as it was saved
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-    base = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    base = load_causal_lm(path, dtype, **kwargs)
     base.config.use_cache = True
     if cfg.gradient_checkpointing:
         # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return _attach_adapter(base, cfg) if cfg.adapter else get_peft_model(base, _peft_config(cfg))
+    return _attach_adapter(base, cfg) if cfg.adapter else attach_lora(base, cfg.lora)
 
 
 def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
@@ -459,7 +442,7 @@ def _load_unsloth(path: Path, cfg: ModelConfig, device: torch.device, dtype: tor
     model, _tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(path), max_seq_length=cfg.max_seq_len, dtype=dtype,
         load_in_4bit=cfg.load_in_4bit or prequantized(path),
-        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, **_from_pretrained_kwargs())
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False, **OFFLINE_KWARGS)
     if cfg.adapter:
         return _attach_adapter(model, cfg, unsloth=True)
     # unsloth trains embed_tokens/lm_head in full when listed (a LoRA on them becomes full training)

@@ -27,11 +27,12 @@ from arcttt.records import TTTResult  # noqa: F401 - the record type train_task 
 
 
 @dataclass
-class TTTConfig:
-    """Hyperparameters of one task's training."""
+class OptimConfig:
+    """The optimiser and its learning-rate schedule, shared by TTT (:class:`TTTConfig`) and
+    ``arcttt finetune`` (``FinetuneConfig``); inherited, so that its keys stay flat (``ttt.lr``, ``lr``)."""
 
     steps: int = 64
-    """Planned optimizer steps (the batches are cycled if there are fewer)."""
+    """Planned optimizer steps."""
     lr: float = 1e-4
     """Peak learning rate."""
     warmup_frac: float = 0.1
@@ -41,14 +42,41 @@ class TTTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0 disables)."""
+    optimizer: Literal["adamw", "adamw8bit", "auto"] = "auto"
+    """auto: 8-bit AdamW (bitsandbytes) on a GPU when it is installed, else torch AdamW."""
+
+    def optim_faults(self) -> list[str]:
+        """What is wrong with the optimiser fields (a subclass's ``__post_init__`` reports them with its own)."""
+        faults = []
+        if self.steps < 0:
+            faults.append(f"steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            faults.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_frac < 1:
+            faults.append(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not 0 <= self.min_lr_frac <= 1:
+            faults.append(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            faults.append("weight_decay and grad_clip must be >= 0")
+        if self.optimizer not in ("adamw", "adamw8bit", "auto"):
+            faults.append(f"optimizer must be adamw, adamw8bit or auto, got {self.optimizer!r}")
+        return faults
+
+    def __post_init__(self):
+        if faults := self.optim_faults():
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(faults))
+
+
+@dataclass
+class TTTConfig(OptimConfig):
+    """Hyperparameters of one task's training (``steps``: the batches are cycled if there are fewer)."""
+
     batch_tokens: int = 8192
     """Token budget of one padded batch (batch size x longest sequence in it)."""
     max_batch_size: int = 16
     embedding_lr_scale: float = 1.0
     """Learning rate of ``embed_tokens``/``lm_head`` (their LoRA or the modules in full) relative to
     ``lr`` (the ARChitects' 2024 run: 0.1)."""
-    optimizer: Literal["adamw", "adamw8bit", "auto"] = "auto"
-    """auto: 8-bit AdamW (bitsandbytes) on a GPU when it is installed, else torch AdamW."""
     grad_checkpointing: bool = False
     """Recompute activations in backward (hf backend; unsloth's is set at load time)."""
     shuffle: bool = True
@@ -58,24 +86,12 @@ class TTTConfig:
     """Call ``log`` every this many steps (and at the last)."""
 
     def __post_init__(self):
-        errors = []
-        if self.steps < 0:
-            errors.append(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            errors.append(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_frac < 1:
-            errors.append(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if not 0 <= self.min_lr_frac <= 1:
-            errors.append(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+        errors = self.optim_faults()
         if not self.embedding_lr_scale > 0:
             errors.append(f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            errors.append("weight_decay and grad_clip must be >= 0")
         if self.batch_tokens < 16 or self.max_batch_size < 1:
             errors.append(f"batch_tokens must be >= 16 and max_batch_size >= 1, got {self.batch_tokens}, "
                           f"{self.max_batch_size}")
-        if self.optimizer not in ("adamw", "adamw8bit", "auto"):
-            errors.append(f"optimizer must be adamw, adamw8bit or auto, got {self.optimizer!r}")
         if self.log_every < 1:
             errors.append(f"log_every must be >= 1, got {self.log_every}")
         if errors:
@@ -90,7 +106,7 @@ class Batch:
     tokens: int                   # non-padding tokens
 
 
-def lr_at(step: int, cfg: TTTConfig) -> float:
+def lr_at(step: int, cfg: OptimConfig) -> float:
     """Linear warmup to ``cfg.lr``, then cosine down to ``cfg.lr * cfg.min_lr_frac``, reached one step
     after the last (so that no planned step runs at the floor, which may be 0)."""
     warmup = math.ceil(cfg.warmup_frac * cfg.steps)
@@ -174,7 +190,8 @@ def param_groups(named: dict[str, torch.nn.Parameter], cfg: TTTConfig) -> list[d
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(groups: list[dict], cfg: TTTConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(groups: list, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``groups`` (parameter groups, or a plain list of parameters) at ``cfg.lr``."""
     kind = cfg.optimizer
     if kind == "auto":
         kind = "adamw8bit" if device.type == "cuda" and _bnb_available() else "adamw"

@@ -35,21 +35,28 @@ _TEMPLATE_MARGIN = 8
 
 
 @dataclass
-class DataConfig:
-    """How the TTT sequences of one task are made."""
+class AugmentConfig:
+    """Which augmentations training samples get, shared by TTT (:class:`DataConfig`) and ``arcttt
+    finetune`` (``FinetuneConfig``); inherited, so that its keys stay flat (``data.colours``, ``colours``)."""
 
-    n_sequences: int = 64
-    """Sequences per task (fewer come back when the task has fewer distinct ones)."""
-    max_len: int = 8192
-    """Longest sequence in tokens; longer ones drop demonstrations (longest first)."""
     symmetries: bool = True
-    """Cycle through the 8 symmetries of the square (else identity only)."""
+    """The 8 symmetries of the square (TTT cycles through them, finetune draws one; else identity only)."""
     colours: bool = True
     """Permute colours at random."""
     order: bool = True
     """Shuffle the order of the demonstrations."""
     keep_background: bool = True
     """Colour 0 stays 0 under colour permutations (ARC's usual background)."""
+
+
+@dataclass
+class DataConfig(AugmentConfig):
+    """How the TTT sequences of one task are made."""
+
+    n_sequences: int = 64
+    """Sequences per task (fewer come back when the task has fewer distinct ones)."""
+    max_len: int = 8192
+    """Longest sequence in tokens; longer ones drop demonstrations (longest first)."""
     loss_on_demo_outputs: bool = False
     """Train also on every demonstration output after the first, not just the answer."""
     loss_on_first_output: bool = False

@@ -144,17 +144,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise WeightsError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {str(e)[:300]})") from None
 
 
-def load_causal_lm(path: str | Path) -> PreTrainedModel:
-    """A local causal LM in its saved dtype, on CPU (offline, safetensors only, no remote code)."""
-    _offline()
-    import transformers
-    from transformers import AutoModelForCausalLM
+def _load_source(path: Path) -> PreTrainedModel:
+    """The local causal LM ``path`` in its saved dtype, on CPU; a fault is a WeightsError naming it."""
+    from arcttt.causal_lm import load_causal_lm
 
-    # transformers renamed torch_dtype to dtype in 4.56
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
-                                                    use_safetensors=True, **{dtype_kw: "auto"})
+        return load_causal_lm(path)
     except Exception as e:  # noqa: BLE001 - corrupt weights or config.json raise what their readers raise
         raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {str(e)[:300]})") from None
 
@@ -274,7 +269,7 @@ def _shrink_into(src: Path, dst: Path, format_name: str) -> None:
     tokenizer = load_tokenizer(src)
     tm = token_map_from_tokenizer(format_name, tokenizer)
     keep = kept_token_ids(tm, tokenizer)
-    model = load_causal_lm(src)
+    model = _load_source(src)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if keep[-1] >= vocab_rows:
         raise WeightsError(f"{src}: tokenizer id {keep[-1]} is beyond the model's {vocab_rows} embedding rows")
@@ -325,7 +320,6 @@ def portable_config(path: Path) -> None:
 # --- prepare-weights: shrink, optionally pre-quantize, record both in arcttt.json ---------------
 
 QUANTIZE_CHOICES = ("none", "4bit")
-_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _update_model_meta(model_dir: Path, **fields) -> None:
@@ -369,23 +363,18 @@ def quantize_4bit(src: Path, dst: Path, device: str, compute_dtype: str = "auto"
     import shutil
 
     import bitsandbytes
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    if compute_dtype == "auto":
-        compute_dtype = "fp32" if device == "cpu" else (
-            "bf16" if torch.cuda.get_device_capability(0) >= (8, 0) else "fp16")
-    if compute_dtype not in _TORCH_DTYPES:
+    from arcttt.causal_lm import DTYPES, load_causal_lm, resolve_dtype
+
+    if compute_dtype not in ("auto", *DTYPES):
         raise WeightsError(f"compute dtype must be auto, bf16, fp16 or fp32, got {compute_dtype!r}")
-    dtype = getattr(torch, _TORCH_DTYPES[compute_dtype])
+    dtype = resolve_dtype(compute_dtype, device)
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, quantization_config=config, device_map={"": 0} if device == "cuda" else "cpu",
-            local_files_only=True, trust_remote_code=False, use_safetensors=True, **{dtype_kw: dtype})
+        model = load_causal_lm(src, dtype, quantization_config=config,
+                               device_map={"": 0} if device == "cuda" else "cpu")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise WeightsError(f"{src}: cannot quantize to 4-bit on {device} ({type(e).__name__}: {e})") from None
     dst.mkdir(parents=True, exist_ok=True)
@@ -395,7 +384,7 @@ def quantize_4bit(src: Path, dst: Path, device: str, compute_dtype: str = "auto"
         if path.is_file() and path.name not in written and ".safetensors" not in path.name:
             shutil.copy2(path, dst / path.name)
     record = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4", "double_quant": True,
-              "compute_dtype": _TORCH_DTYPES[compute_dtype], "quantized_on": device,
+              "compute_dtype": str(dtype).removeprefix("torch."), "quantized_on": device,
               "bitsandbytes": bitsandbytes.__version__}
     _update_model_meta(dst, quantization=record)
     return record

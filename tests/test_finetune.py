@@ -212,6 +212,22 @@ def test_lora_mode_writes_merged_weights(tiny_model_dir, tmp_path):
     assert changed and all(k.endswith("proj.weight") for k in changed)  # only the adapted linear layers
 
 
+def test_lora_embeddings_puts_a_lora_on_the_embeddings_and_the_head(tiny_model_dir, tmp_path):
+    """``lora.lora_embeddings`` means in finetune what it means in TTT: a LoRA on embed_tokens and lm_head
+    too (finetune once built its own peft config from target_modules alone and dropped it)."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg("mode=lora", "lora.rank=4", "lora.lora_embeddings=true", "steps=2")
+    names = [n for n, p in load_base(tiny_model_dir, cfg, torch.device("cpu")).named_parameters() if p.requires_grad]
+    assert any(".embed_tokens.lora_" in n for n in names) and any(".lm_head.lora_" in n for n in names)
+    out = tmp_path / "lora-emb"
+    assert finetune(tiny_model_dir, out, data=["synthetic:12"], cfg=cfg, progress=False)["finished"]
+    trained, base = load_file(str(out / "model.safetensors")), load_file(str(tiny_model_dir / "model.safetensors"))
+    changed = {k for k in base if not torch.equal(trained[k], base[k])}
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= changed  # merged into the weights
+    assert all(k.endswith("proj.weight") or k in ("model.embed_tokens.weight", "lm_head.weight") for k in changed)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_as_one(strategy, tiny_model_dir, tmp_path):
     """Two CPU processes over gloo (torchrun) with the same global batch give the losses of one."""
