@@ -10,15 +10,7 @@ import pytest
 
 from arcttt.profiling import (OTHER, RunDirError, load_run, margin, phase_totals, summary, task_rows,
                               timeline_figure, worker_idle)
-from conftest import HANDMADE_TASKS, RUN_START
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_copy(handmade_run, tmp_path):
-    """A private copy of the hand-made run directory, free to damage."""
-    return shutil.copytree(handmade_run[0], tmp_path / "run")
+from helpers import HANDMADE_TASKS, PNG_MAGIC, RUN_START
 
 
 def test_load_run_reads_every_task(handmade_run):

@@ -12,18 +12,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from arcttt.data import GridError, bundled_split, parse_grid
 from arcttt.report import PALETTE, as_grid, grid_svg, write_report
-from conftest import HANDMADE_TASKS
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_copy(handmade_run, tmp_path):
-    return shutil.copytree(handmade_run[0], tmp_path / "run")
+from helpers import HANDMADE_TASKS, PNG_MAGIC, grid_lists
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +44,7 @@ def svg_named(page: str, what: str) -> str:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
-    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))))
+@given(grid_lists())
 def test_grid_svg_paints_every_cell_once_in_its_colour(rows):
     grid = parse_grid(rows)
     svg = grid_svg(grid)
@@ -71,8 +62,7 @@ def test_as_grid_refuses_what_parse_grid_refuses(bad):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
-    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))))
+@given(grid_lists())
 def test_as_grid_agrees_with_parse_grid(rows):
     grid = as_grid(rows)
     assert grid.dtype == np.uint8 and (grid == parse_grid(rows)).all()
