@@ -11,6 +11,8 @@ os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 
 import pytest  # noqa: E402
 
+from helpers import HANDMADE_TASKS, RUN_START  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def arc1_eval():
@@ -26,32 +28,18 @@ def arc1_train():
     return load_split("arc-agi-1-train")
 
 
-# --- ids an attacker (or a careless file) could put in a challenges file (records, run folder tests)
-HOSTILE_IDS = ["../../x", "../escape", "/abs/x", "/", ".", "..", "", "a/b", "a\\b", "a\x00b", "x" * 300,
-               "é" * 200, "new\nline", "tab\tid", "\ud800", "con", "nul.txt", ".hidden", "-rf", "~", "*", "$(rm)",
-               "a" * 40 + "1", "a" * 40 + "2"]
+@pytest.fixture(scope="session")
+def small_task(arc1_train):
+    """The arc-agi-1-train task with the fewest cells, so forward passes stay quick."""
+    return min(arc1_train, key=lambda t: t.cells())
 
 
-# --- a hand-made run directory (profiling, report) ------------------------------------------------
-# Six real arc-agi-1-eval tasks on two workers, budget 1000 s from RUN_START; the figures tests check
-# follow from the spans below. Session-scoped: a test that changes it must copy it first.
-RUN_START = 1_700_000_000.0
-HANDMADE_TASKS = {  # id: (status, worker, start, end, phases as (name, start, end), tests answered right)
-    "00576224": ("ok", 0, 5, 105, [("data", 5, 6), ("ttt", 6, 66), ("search", 66, 96), ("select", 96, 104)], [True]),
-    "0c786b71": ("ok", 0, 110, 230, [("data", 110, 112), ("ttt", 112, 182), ("search", 182, 212),
-                                     ("select", 212, 228)], [False]),
-    "03560426": ("timeout", 0, 240, 300, [("data", 240, 241), ("ttt", 241, 300)], None),
-    "6ea4a07e": ("ok", 1, 20, 80, [("data", 20, 21), ("ttt", 21, 51), ("search", 51, 61), ("select", 61, 65),
-                                   ("search", 65, 75), ("select", 75, 79)], [True, False]),
-    "0c9aba6e": ("error", 1, 90, 95, [("data", 90, 91), ("ttt", 91, 94)], None),
-    "0692e18c": ("ok", 1, 100, 250, [("data", 100, 102), ("ttt", 102, 202), ("search", 202, 232),
-                                     ("select", 232, 248)], [True]),
-}
-
+# --- a hand-made run directory (profiling, report): helpers.HANDMADE_TASKS written out as a run ------
 
 @pytest.fixture(scope="session")
 def handmade_run(tmp_path_factory):
-    """(run_dir, challenges_path, solutions_path) of a finished run written by hand."""
+    """(run_dir, challenges_path, solutions_path) of a finished run written by hand. Session-scoped:
+    a test that changes it must copy it first (``run_copy``)."""
     import json
 
     from arcttt.data import bundled_split
@@ -102,6 +90,14 @@ def handmade_run(tmp_path_factory):
     sub.write_text(json.dumps(submission))
     os.utime(sub, (RUN_START + 310, RUN_START + 310))
     return run_dir, chal_path, sol_path
+
+
+@pytest.fixture
+def run_copy(handmade_run, tmp_path):
+    """A private copy of the hand-made run directory, free to damage."""
+    import shutil
+
+    return shutil.copytree(handmade_run[0], tmp_path / "run")
 
 
 @pytest.fixture(scope="session")

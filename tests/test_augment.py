@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from arcttt.augment import (D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours, sample_augmentations,
                             view_augmentations)
-
-
-@st.composite
-def grids(draw, max_side: int = 30):
-    h = draw(st.integers(1, max_side))
-    w = draw(st.integers(1, max_side))
-    return draw(arrays(np.uint8, (h, w), elements=st.integers(0, 9)))
+from helpers import grids
 
 
 @st.composite

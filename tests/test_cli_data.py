@@ -8,16 +8,9 @@ import json
 
 import pytest
 
-from arcttt.cli import main
 from arcttt.data import bundled_split, load_challenges, log_rejected
 from arcttt.submission import SubmissionWriter, load_submission, validate_submission
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+from helpers import run_cli
 
 
 def test_data_export_writes_kaggle_files(tmp_path, capsys):

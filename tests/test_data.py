@@ -13,16 +13,10 @@ from arcttt.data import (
     MAX_SIDE, SPLITS, Challenges, DataFileError, GridError, Rejected, bundled_split, export_split, grid_to_list,
     load_challenges, load_solutions, log_rejected, parse_grid, tasks_from_json,
 )
+from helpers import grid_lists
 
 
-@st.composite
-def grids(draw, min_h=1, min_w=1):
-    h = draw(st.integers(min_h, MAX_SIDE))
-    w = draw(st.integers(min_w, MAX_SIDE))
-    return draw(st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))
-
-
-@given(grids())
+@given(grid_lists())
 def test_valid_grids_round_trip(grid):
     arr = parse_grid(grid, "g")
     assert arr.dtype == np.uint8 and arr.shape == (len(grid), len(grid[0]))
@@ -37,7 +31,7 @@ BAD_VALUES = st.one_of(st.integers(10, 10**6), st.integers(-10**6, -1),
                        st.just([1]), st.builds(np.bool_, st.booleans()))
 
 
-@given(grids(), st.data())
+@given(grid_lists(), st.data())
 def test_bad_cell_is_refused_naming_the_cell(grid, data):
     r = data.draw(st.integers(0, len(grid) - 1))
     c = data.draw(st.integers(0, len(grid[0]) - 1))
@@ -50,7 +44,7 @@ def test_bad_cell_is_refused_naming_the_cell(grid, data):
     assert ("outside 0-9" if isinstance(bad, int) and not isinstance(bad, bool) else "not an integer") in msg
 
 
-@given(grids(min_h=2), st.data())
+@given(grid_lists(min_h=2), st.data())
 def test_ragged_grid_is_refused_naming_the_row(grid, data):
     r = data.draw(st.integers(1, len(grid) - 1))
     w = len(grid[0])
@@ -60,7 +54,7 @@ def test_ragged_grid_is_refused_naming_the_row(grid, data):
         parse_grid(grid, "g")
 
 
-@given(grids(), st.data())
+@given(grid_lists(), st.data())
 def test_row_that_is_not_a_list_is_refused_naming_the_row(grid, data):
     r = data.draw(st.integers(0, len(grid) - 1))
     grid[r] = data.draw(st.one_of(st.tuples(st.integers(0, 9)), st.integers(0, 9), st.text(max_size=3),

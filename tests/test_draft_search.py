@@ -19,7 +19,8 @@ from arcttt.augment import Augmentation
 from arcttt.data import Pair, Task
 from arcttt.formats import answer_ids, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
 from arcttt.search import SearchConfig, SearchStats, search_prompts, search_test_input
-from test_search import (END_ID, TM, TableLM, assert_same, brute_force, copy_query_fn, random_fn, small_prompt,
+from helpers import TM
+from test_search import (END_ID, TableLM, assert_same, brute_force, copy_query_fn, random_fn, small_prompt,
                          teacher_forced_logprob, tiny_llama)
 
 G = lambda rows: np.array(rows, dtype=np.uint8)  # noqa: E731
@@ -162,11 +163,6 @@ def test_drafts_on_a_real_llama(small_task, batch, preallocate):
             for c in g:
                 assert c.logprob == pytest.approx(teacher_forced_logprob(model, p, c.ids), abs=1e-4)
     assert draft_stats.verified > 0 and draft_stats.forwards < 2 * plain_stats.forwards
-
-
-@pytest.fixture(scope="module")
-def small_task(arc1_train):
-    return min(arc1_train, key=lambda t: t.cells())
 
 
 # --- one test input: the drafts come from earlier views ----------------------------------------------

@@ -20,10 +20,10 @@ import torch
 from arcttt.data import Pair, bundled_split, load_split
 from arcttt.finetune import (Cursor, collate_rows, content_key, encode_sample, exclude_tasks, finetune,
                              load_base, load_finetune_config, load_tasks, next_rows, packed_loss_sum)
-from arcttt.formats import compact_token_map, parse_answer
+from arcttt.formats import parse_answer
 from arcttt.synthetic import generate
+from helpers import TM
 
-TM = compact_token_map()
 # the pinned run: the tiny model (make_tiny_model, seed 0) on 40 synthetic tasks
 SMALL = ["steps=6", "batch_rows=2", "seq_len=1024", "save_every=3"]
 

@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from arcttt.data import Pair
 from arcttt.formats import (CHAT_PIECES, COMPACT_TOKENS, FORMATS, TOKEN_FORMATS, FormatError, ParseFailure, TokenMap, answer_ids,
                             build_tokenizer, compact_token_map, encode, grid_ids, parse_answer, read_model_meta,
                             token_map_from_tokenizer, write_model_meta)
-
-
-@st.composite
-def grids(draw, max_side: int = 30):
-    h = draw(st.integers(1, max_side))
-    w = draw(st.integers(1, max_side))
-    return draw(arrays(np.uint8, (h, w), elements=st.integers(0, 9)))
+from helpers import grids
 
 
 @pytest.fixture(scope="module", params=TOKEN_FORMATS)

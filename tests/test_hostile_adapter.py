@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from arcttt import cli
 from arcttt.model import ModelConfig, ModelLoadError, load_model
+from helpers import one_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +79,11 @@ def test_run_with_a_misfit_adapter_exits_1_with_one_line(saved_adapter, tiny_mod
 
     adapter = variant(saved_adapter, tmp_path, CHANGES["half"])
     challenges, _ = export_split("arc-agi-1-eval", tmp_path / "data", limit=1)
-    with pytest.raises(SystemExit) as e:
-        cli.main(["run", "--challenges", str(challenges), "--model", str(tiny_model_dir), "--out",
-                  str(tmp_path / "submission.json"), "--run-dir", str(tmp_path / "run"), "--time-budget", "120",
-                  "--workers", "1", "--config", "cpu-smoke", "--set", f"model.adapter={adapter}"])
-    _, err = capsys.readouterr()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert e.value.code == 1 and len(errors) == 1, err
-    assert f"adapter {adapter}: its weights do not fit the model" in errors[0]
+    code, _, err = run_cli(["run", "--challenges", challenges, "--model", tiny_model_dir, "--out",
+                            tmp_path / "submission.json", "--run-dir", tmp_path / "run", "--time-budget", "120",
+                            "--workers", "1", "--config", "cpu-smoke", "--set", f"model.adapter={adapter}"], capsys)
+    assert code == 1, err
+    assert f"adapter {adapter}: its weights do not fit the model" in one_error(err)
 
 
 def test_a_whole_adapter_still_loads(saved_adapter, tiny_model_dir):

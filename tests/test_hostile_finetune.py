@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from arcttt import cli
 from arcttt.finetune import (CHECKPOINT, Dist, FinetuneConfig, find_checkpoint, load_checkpoint, load_tasks,
                              save_checkpoint)
+from helpers import run_cli
 
 DIST = Dist(0, 1, torch.device("cpu"))
 
@@ -139,15 +139,11 @@ def test_resume_beyond_the_steps_is_refused_by_the_command(tiny_model_dir, tmp_p
     out = tmp_path / "out"
     args = ["finetune", "--model", str(tiny_model_dir), "--out", str(out), "--data", "synthetic:4", "--config",
             "cpu-tiny", "--set", "batch_rows=1", "--set", "seq_len=1024", "--quiet"]
-    with pytest.raises(SystemExit) as e:
-        cli.main([*args, "--set", "steps=3", "--set", "stop_at_step=1"])
-    assert e.value.code == 0
+    code, _, err = run_cli([*args, "--set", "steps=3", "--set", "stop_at_step=1"], capsys)
+    assert code == 0, err
     write_state(out / CHECKPOINT, step=5)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        cli.main([*args, "--set", "steps=3", "--resume"])
-    _, err = capsys.readouterr()
-    assert e.value.code == 2 and err.count("error:") == 1 and "step 5, outside this run's 0..3" in err, err
+    code, _, err = run_cli([*args, "--set", "steps=3", "--resume"], capsys)
+    assert code == 2 and err.count("error:") == 1 and "step 5, outside this run's 0..3" in err, err
 
 
 @pytest.mark.parametrize("line", ["[1, 2]", '"a task"', "7", "null", '{"train": 3}', '{"id": "x", "train": [',
@@ -173,8 +169,7 @@ def test_a_hostile_or_broken_yaml_config_is_one_line(text, tiny_model_dir, tmp_p
     marker = tmp_path / "ran"
     config = tmp_path / "config.yaml"
     config.write_text("preset: cpu-tiny\n" + text.format(marker=marker))
-    with pytest.raises(SystemExit) as e:
-        cli.main(["finetune", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--config", str(config)])
-    _, err = capsys.readouterr()
-    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    code, _, err = run_cli(["finetune", "--model", tiny_model_dir, "--out", tmp_path / "out", "--config", config],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert not marker.exists() and not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from arcttt import cli
+from helpers import one_error, run_cli
 
 BAD_META = {
     "deep": lambda m: "[" * 100_000 + "]" * 100_000,
@@ -39,19 +40,6 @@ def bad_model(tiny_model_dir, tmp_path, fault, drop_tokenizer=True):
     if drop_tokenizer:  # nothing else to check the ids against (a prepared model may ship without one)
         (model / "tokenizer.json").unlink()
     return model
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
-
-
-def one_error(err):
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 @pytest.mark.parametrize("fault", BAD_META)

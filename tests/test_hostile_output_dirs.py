@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from arcttt import cli
+from helpers import assert_refused, run_cli
 
 COMMANDS = ["finetune", "shrink-vocab", "prepare-weights", "adopt-model", "convert-weights"]
 
@@ -50,20 +50,6 @@ def argv(command, src, dst, *extra):
             "adopt-model": ["adopt-model", src, dst, "--format", "compact", "--copy"],
             "convert-weights": ["convert-weights", src, dst]}[command]
     return [str(a) for a in [*args, *extra]]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(args)
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
-
-
-def assert_refused(code, err, what):
-    assert code == 2, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and what in errors[0], err
-    assert "Traceback" not in err
 
 
 def own_copy(sources, command, tmp_path):

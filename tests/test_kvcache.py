@@ -12,19 +12,13 @@ from transformers import DynamicCache
 
 from arcttt import kvcache, search
 from arcttt.augment import Augmentation
-from arcttt.formats import answer_ids, compact_token_map, encode
+from arcttt.formats import answer_ids, encode
 from arcttt.kvcache import PromptCaches, SlabCache, cache_bytes, new_cache
 from arcttt.search import SearchStats, search_prompts
 from arcttt.select import answer_logprobs, batch_rows
+from helpers import TM
 # tests/ is on sys.path under pytest's default (prepend) import mode
 from test_search import TableLM, random_fn, small_prompt, teacher_forced_logprob, tiny_llama
-
-TM = compact_token_map()
-
-
-@pytest.fixture(scope="module")
-def small_task(arc1_train):
-    return min(arc1_train, key=lambda t: t.cells())
 
 
 def prompts_of(task):

@@ -10,15 +10,7 @@ import pytest
 
 from arcttt.profiling import (OTHER, RunDirError, load_run, margin, phase_totals, summary, task_rows,
                               timeline_figure, worker_idle)
-from conftest import HANDMADE_TASKS, RUN_START
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_copy(handmade_run, tmp_path):
-    """A private copy of the hand-made run directory, free to damage."""
-    return shutil.copytree(handmade_run[0], tmp_path / "run")
+from helpers import HANDMADE_TASKS, PNG_MAGIC, RUN_START, run_cli
 
 
 def test_load_run_reads_every_task(handmade_run):
@@ -143,19 +135,14 @@ def test_timeline_png(handmade_run, tmp_path):
     assert ttt_blue.all(axis=-1).sum() > 1000  # the TTT phases are drawn
 
 
-def test_profile_cli(handmade_run, tmp_path, capsys):
-    from arcttt.cli import main
-
-    run_dir = shutil.copytree(handmade_run[0], tmp_path / "run")
-    with pytest.raises(SystemExit) as e:
-        main(["profile", str(run_dir)])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def test_profile_cli(run_copy, tmp_path, capsys):
+    run_dir = run_copy
+    code, out, _ = run_cli(["profile", run_dir], capsys)
+    assert code == 0
     assert "ttt           322.0 s    16.1 %" in out
     assert "worker 1: 3 tasks, busy 215.0 s, idle 35.0 s, tail 50.0 s" in out
     assert "700.0 s after the last task ended, 690.0 s after submission.json" in out
     assert (run_dir / "timeline.png").read_bytes()[:8] == PNG_MAGIC
 
-    with pytest.raises(SystemExit) as e:
-        main(["profile", str(tmp_path / "absent")])
-    assert e.value.code == 2 and "absent" in capsys.readouterr().err
+    code, _, err = run_cli(["profile", tmp_path / "absent"], capsys)
+    assert code == 2 and "absent" in err

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import HOSTILE_IDS
+from helpers import HOSTILE_IDS
 
 from arcttt.data import LongInt, Pair, Task, show_id, shown
 from arcttt.records import (SCHEMA_VERSION, Phase, RecordError, TaskResult, TestResult, TTTResult, config_hash,

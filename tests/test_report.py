@@ -12,18 +12,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from arcttt.data import GridError, bundled_split, parse_grid
 from arcttt.report import PALETTE, as_grid, grid_svg, write_report
-from conftest import HANDMADE_TASKS
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_copy(handmade_run, tmp_path):
-    return shutil.copytree(handmade_run[0], tmp_path / "run")
+from helpers import HANDMADE_TASKS, PNG_MAGIC, grid_lists, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +44,7 @@ def svg_named(page: str, what: str) -> str:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
-    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))))
+@given(grid_lists())
 def test_grid_svg_paints_every_cell_once_in_its_colour(rows):
     grid = parse_grid(rows)
     svg = grid_svg(grid)
@@ -71,8 +62,7 @@ def test_as_grid_refuses_what_parse_grid_refuses(bad):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
-    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h))))
+@given(grid_lists())
 def test_as_grid_agrees_with_parse_grid(rows):
     grid = as_grid(rows)
     assert grid.dtype == np.uint8 and (grid == parse_grid(rows)).all()
@@ -145,18 +135,15 @@ def test_report_survives_broken_run_files(handmade_run, run_copy):
 
 
 def test_report_and_show_cli(handmade_run, run_copy, tmp_path, capsys):
-    from arcttt.cli import main
-
     _, challenges, solutions = handmade_run
-    with pytest.raises(SystemExit) as e:
-        main(["report", str(run_copy), "--solutions", str(solutions)])
-    assert e.value.code == 0 and (run_copy / "report.html").is_file()
-    assert capsys.readouterr().out.strip() == str(run_copy / "report.html")
+    code, stdout, _ = run_cli(["report", run_copy, "--solutions", solutions], capsys)
+    assert code == 0 and (run_copy / "report.html").is_file()
+    assert stdout.strip() == str(run_copy / "report.html")
 
     out = tmp_path / "task.png"
-    with pytest.raises(SystemExit) as e:
-        main(["show", "6ea4a07e", "--challenges", str(challenges), "--solutions", str(solutions), "--out", str(out)])
-    assert e.value.code == 0
+    code, _, _ = run_cli(["show", "6ea4a07e", "--challenges", challenges, "--solutions", solutions, "--out", out],
+                         capsys)
+    assert code == 0
     from matplotlib.image import imread
 
     pixels = (imread(out)[..., :3] * 255).round().astype(int)
@@ -166,9 +153,8 @@ def test_report_and_show_cli(handmade_run, run_copy, tmp_path, capsys):
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
         assert (pixels == rgb).all(axis=-1).sum() > 500
 
-    with pytest.raises(SystemExit) as e:
-        main(["show", "deadbeef", "--challenges", str(challenges)])
-    assert e.value.code == 2 and "task deadbeef is not in" in capsys.readouterr().err
+    code, _, err = run_cli(["show", "deadbeef", "--challenges", challenges], capsys)
+    assert code == 2 and "task deadbeef is not in" in err
 
 
 # --- a real browser ---------------------------------------------------------------------------------

@@ -12,9 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import HOSTILE_IDS
+from helpers import HOSTILE_IDS, run_cli
 
-from arcttt.cli import main
 from arcttt.data import load_challenges
 from arcttt.pipeline import RunWriteError, _stop, _Worker, run, worker_count
 from arcttt.records import TaskResult, task_file_name
@@ -22,13 +21,6 @@ from arcttt.rundir import RunDirError, RunLock, claim, require_run_dir
 from arcttt.submission import load_submission, validate_submission
 
 BAD_TASK = {"train": [{"input": [[1, 12]], "output": [[1]]}], "test": [{"input": [[1]]}]}  # 12 is no colour
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def write_challenges(path: Path, tasks: dict) -> Path:
@@ -69,25 +61,25 @@ def test_huge_integer_is_one_rejection_not_a_traceback(tmp_path, capsys):
     chal = tmp_path / "c.json"
     chal.write_text(text)
     out = tmp_path / "s.json"
-    code, stdout, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, stdout, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                              "--quiet", "--config", "cpu-smoke"], capsys)
     assert code == 0 and "1 rejected" in stdout
     assert "integer of 5,000 digits" in TaskResult.from_json(
         json.loads(next((tmp_path / "arcttt-run" / "tasks").glob("*.json")).read_text())).error
     sub = tmp_path / "bad-sub.json"
     sub.write_text('{"big": [{"attempt_1": [[' + huge + ']], "attempt_2": [[1]]}]}')
-    code, stdout, _ = cli(["validate", str(sub), "--challenges", str(chal)], capsys)
+    code, stdout, _ = run_cli(["validate", str(sub), "--challenges", str(chal)], capsys)
     assert code == 1 and "integer of 5,000 digits" in stdout and len(stdout) < 400
     sols = tmp_path / "sol.json"
     sols.write_text('{"big": [[[1]]]}')
-    code, stdout, err = cli(["score", str(sub), "--solutions", str(sols)], capsys)
+    code, stdout, err = run_cli(["score", str(sub), "--solutions", str(sols)], capsys)
     assert code == 0 and "Traceback" not in err and "integer of 5,000 digits" in err
 
 
 @pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf", "-inf"])
 def test_time_budget_must_be_positive_and_finite(budget, tmp_path, capsys):
     chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(tmp_path / "s.json"),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(tmp_path / "s.json"),
                         f"--time-budget={budget}"], capsys)
     assert code == 2 and err.count("\n") == 1 and "positive" in err
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "arcttt-run").exists()
@@ -180,7 +172,7 @@ def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path, capsys):
             with RunLock(run_dir):
                 pass
         chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
-        code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out",
+        code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out",
                             str(tmp_path / "s.json"), "--run-dir", str(run_dir), "--quiet"], capsys)
         assert code == 2 and f"in use by process {os.getpid()}" in err and err.count("\n") == 1
         assert not (tmp_path / "s.json").exists()  # the other run's submission is not touched
@@ -233,7 +225,7 @@ def test_claim_new_refuse_resume_and_replace(tmp_path):
 def test_report_and_profile_refuse_a_path_that_is_not_a_run_folder(tmp_path, capsys):
     for argv in (["report", str(tmp_path / "nope")], ["profile", str(tmp_path / "nope")],
                  ["report", str(tmp_path)], ["profile", str(tmp_path)]):
-        code, _, err = cli(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "nope").exists() and list(tmp_path.iterdir()) == []
     with pytest.raises(RunDirError, match="not a folder"):
@@ -245,7 +237,7 @@ def test_report_and_profile_refuse_a_path_that_is_not_a_run_folder(tmp_path, cap
 def test_out_folder_missing_is_made(tmp_path, capsys):
     chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
     out = tmp_path / "not" / "yet" / "s.json"
-    code, _, _ = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, _, _ = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                       "--run-dir", str(tmp_path / "elsewhere"), "--quiet", "--config", "cpu-smoke"], capsys)
     assert code == 0 and load_submission(out) == {"a": [{"attempt_1": [[0]], "attempt_2": [[0]]}]}
 
@@ -254,7 +246,7 @@ def test_out_path_that_is_a_folder(tmp_path, capsys):
     chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
     out = tmp_path / "s.json"
     out.mkdir()
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                         "--quiet"], capsys)
     assert code == 3 and err.count("\n") == 1 and str(out) in err and "Traceback" not in err
     assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind
@@ -265,7 +257,7 @@ def test_run_folder_that_cannot_be_made_leaves_the_default_submission(tmp_path, 
     blocker = tmp_path / "run"
     blocker.write_text("a file where the run folder should be")  # as root, chmod cannot make a folder read-only
     out = tmp_path / "s.json"
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                         "--run-dir", str(blocker), "--quiet"], capsys)
     assert code == 3 and err.count("\n") == 1 and str(blocker) in err and "holds the default answers" in err
     assert validate_submission(load_submission(out), {"a": 1}) == []
@@ -280,7 +272,7 @@ def test_full_disk(tmp_path, capsys, monkeypatch):
     chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
     out = tmp_path / "s.json"
     monkeypatch.setattr(submission.SubmissionWriter, "_write_locked", no_space)
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                         "--quiet"], capsys)
     assert code == 3 and err.count("\n") == 1 and "No space left on device" in err and str(out) in err
     monkeypatch.undo()
@@ -295,7 +287,7 @@ def test_full_disk(tmp_path, capsys, monkeypatch):
         real(path, obj)
 
     monkeypatch.setattr(pipeline, "atomic_write_json", records_fail)
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                         "--run-dir", str(tmp_path / "run2"), "--quiet", "--config", "cpu-smoke"], capsys)
     assert code == 3 and "1 writes failed" in err and "No space left on device" in err
     assert validate_submission(load_submission(out), {"a": 1}) == []
@@ -308,7 +300,7 @@ def test_config_file_not_utf8(tmp_path, capsys):
     chal = write_challenges(tmp_path / "c.json", {"a": BAD_TASK})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_bytes(b"ttt:\n  steps: \xff\xfe\n")
-    code, _, err = cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(tmp_path / "s.json"),
+    code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(tmp_path / "s.json"),
                         "--config", str(cfg), "--quiet"], capsys)
     assert code == 2 and "not UTF-8" in err and err.count("\n") == 1
 
@@ -355,7 +347,7 @@ def test_summary_never_says_minus_zero():
 
 
 def test_data_stats_prints_rounded_figures(capsys):
-    code, out, _ = cli(["data", "stats", "--split", "arc-agi-2-eval"], capsys)
+    code, out, _ = run_cli(["data", "stats", "--split", "arc-agi-2-eval"], capsys)
     assert code == 0 and "cells_p90" in out and not re.search(r"\d\.\d{3,}", out)
 
 
@@ -365,5 +357,5 @@ def test_validate_output_is_bounded(tmp_path, capsys):
     sub = tmp_path / "s.json"
     sub.write_text(json.dumps({"a": [{"attempt_1": [["x" * 5_000_000]], "attempt_2": [[1]]}],
                                "new\nline" + "z" * 1000: []}))
-    code, out, _ = cli(["validate", str(sub), "--challenges", str(chal)], capsys)
+    code, out, _ = run_cli(["validate", str(sub), "--challenges", str(chal)], capsys)
     assert code == 1 and len(out) < 600 and out.count("\n") == 2, out

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from arcttt.cli import main
 from arcttt.data import SPLITS, export_split, load_challenges, load_solutions
 from arcttt.score import score_submission
 from arcttt.submission import SubmissionWriter, validate_submission
+from helpers import run_cli
 
 ZERO = [[0]]
 TRUTH = {"a": [np.array([[1, 2], [3, 4]], np.uint8)],
@@ -91,13 +91,6 @@ def test_round_trip_truth_scores_1_and_defaults_score_what_they_should(split, tm
 
 
 # --- arcttt score ------------------------------------------------------------------------------
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
 
 @pytest.fixture(scope="module")
 def eval_files(tmp_path_factory):

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 from arcttt import search
 from arcttt.augment import Augmentation
-from arcttt.formats import answer_ids, compact_token_map, encode, parse_answer
+from arcttt.formats import answer_ids, encode, parse_answer
 from arcttt.search import (SearchConfig, SearchStats, dfs, greedy, search_prompts,
                            search_test_input)
+from helpers import TM
 
-TM = compact_token_map()
 SYMBOLS = TM.answer_ids  # digits, newline, end
 END_ID = TM.end[0]
 OUT_ID = TM.output[0]
@@ -284,9 +284,6 @@ def teacher_forced_logprob(model, prompt, ids) -> float:
     return float(sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(ids)))
 
 
-@pytest.fixture(scope="module")
-def small_task(arc1_train):
-    return min(arc1_train, key=lambda t: t.cells())
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -14,19 +14,13 @@ import pytest
 from arcttt import select
 from arcttt.augment import Augmentation, view_augmentations
 from arcttt.data import parse_grid
-from arcttt.formats import answer_ids, compact_token_map, encode
+from arcttt.formats import answer_ids, encode
 from arcttt.search import Candidate, SearchConfig, search_session
 from arcttt.select import (ScoredCandidate, SelectConfig, answer_logprobs, choose_attempts,
                            hierarchical_votes, score_candidates, score_session)
+from helpers import TM
 # tests/ is on sys.path under pytest's default (prepend) import mode
 from test_search import TableLM, random_fn, teacher_forced_logprob, tiny_llama
-
-TM = compact_token_map()
-
-
-@pytest.fixture(scope="module")
-def small_task(arc1_train):
-    return min(arc1_train, key=lambda t: t.cells())
 
 
 def grids():

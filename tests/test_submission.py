@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import arcttt.submission as submission_mod
-from arcttt.cli import main
 from arcttt.data import DataFileError, export_split, load_challenges, tasks_from_json
 from arcttt.submission import (
     SubmissionError, SubmissionWriter, atomic_write_json, fallback_attempts, load_submission, validate_submission,
 )
+from helpers import grid_lists, run_cli
 
 ZERO = [[0]]
 
@@ -93,8 +93,7 @@ def test_reset_restores_the_default(tmp_path):
     assert read(path)["t"] == [{"attempt_1": [[5]], "attempt_2": [[6]]}]
 
 
-grid_st = st.integers(1, 4).flatmap(lambda h: st.integers(1, 4).flatmap(
-    lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h)))
+grid_st = grid_lists(max_side=4)
 bad_grid_st = st.one_of(st.just([]), st.just([[1, 2], [3]]), st.just([[11]]), st.just([[True]]), st.just("x"))
 
 
@@ -240,13 +239,6 @@ def test_load_submission_refuses_non_json_and_non_objects(tmp_path):
 @pytest.fixture(scope="module")
 def eval_files(tmp_path_factory):
     return export_split("arc-agi-1-eval", tmp_path_factory.mktemp("eval"), limit=30)
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_cli_validate_accepts_a_writer_file(tmp_path, eval_files, capsys):

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from arcttt.data import Pair, load_split
 from arcttt.formats import (FormatError, TemplateMap, as_text_tokenizer, build_tokenizer, encode, parse_answer,
                             token_map_from_tokenizer)
 from arcttt.gridtext import WRITERS
+from helpers import grids
 from test_published_formats import _show  # show-prompt --json, its exit code checked
 
 G = lambda rows: np.array(rows, dtype=np.uint8)  # noqa: E731
@@ -179,13 +179,6 @@ def test_a_tokenizer_without_the_template_tokens_is_refused():
 
 
 # --- writers: parse(write(g)) == g, and the automaton accepts exactly what the parser does ----------
-
-@st.composite
-def grids(draw, max_side: int = 30):
-    h = draw(st.integers(1, max_side))
-    w = draw(st.integers(1, max_side))
-    return draw(arrays(np.uint8, (h, w), elements=st.integers(0, 9)))
-
 
 @settings(max_examples=150, deadline=None)
 @given(grids(), st.sampled_from(sorted(WRITERS)))
