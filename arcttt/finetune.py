@@ -42,12 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arcttt import formats, synthetic
+from arcttt import formats, modeldir, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
                          parse_task, read_json, shown, task_to_json)
 from arcttt.formats import Encoded, TokenMap
 from arcttt.model import LoraConfig
+from arcttt.tokenizer import load_tokenizer
 from arcttt.ttt import lr_at, make_optimizer
 
 ALWAYS_EXCLUDED = ("arc-agi-1-eval", "arc-agi-2-eval")
@@ -552,7 +553,7 @@ def _base_lineage(model_dir: Path) -> tuple[str | None, list[dict]]:
     that ``arcttt finetune`` wrote, that base's own origin; ``make_tiny_model``: a random init), and
     the earlier stages of that chain (data and steps each)."""
     try:
-        meta = json.loads((Path(model_dir) / formats.META_FILE).read_text())
+        meta = json.loads((Path(model_dir) / modeldir.META_FILE).read_text())
     except (OSError, ValueError, RecursionError):
         return None, []
     if not isinstance(meta, dict):
@@ -587,7 +588,7 @@ def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig
     for name in TOKENIZER_FILES:
         if (base / name).is_file():
             shutil.copyfile(base / name, out / name)
-    formats.write_model_meta(out, tm, source="arcttt finetune", **meta)
+    modeldir.write_model_meta(out, tm, source="arcttt finetune", **meta)
 
 
 # --- the learning curve -------------------------------------------------------------------------
@@ -818,12 +819,12 @@ def finetune(model: str | Path, out: str | Path, *, format: str | None = None, d
 def _token_map(base: Path, format: str | None) -> TokenMap:
     """The base model's recorded token map, or (``format`` differs or none is recorded) one read
     from its tokenizer."""
-    if (base / formats.META_FILE).is_file():
-        tm, _ = formats.read_model_meta(base)
+    if (base / modeldir.META_FILE).is_file():
+        tm, _ = modeldir.read_model_meta(base)
         if format is None or format == tm.format:
             return tm
     if format is None:
-        raise ValueError(f"{base} has no {formats.META_FILE}: say which format to train with --format")
+        raise ValueError(f"{base} has no {modeldir.META_FILE}: say which format to train with --format")
     # the tokenizers library, as `run` reads it: it cannot run a model folder's own code (an
     # auto_map in tokenizer_config.json), where transformers' AutoTokenizer would offer to
-    return formats.token_map_from_tokenizer(format, formats.load_tokenizer(base))
+    return modeldir.token_map_from_tokenizer(format, load_tokenizer(base))

@@ -5,7 +5,7 @@ augmented views of a test input, with the answers mapped back and merged into ca
 How the search reads the model:
 
 - Only answer symbols are ever fed: the 10 digits, the newline and the first token of the end marker
-  (``TokenMap.answer_ids``). Their probabilities are the model's own, from a softmax over the whole
+  (``TokenMap.answer_symbols``). Their probabilities are the model's own, from a softmax over the whole
   vocabulary, *not renormalised* over the answer symbols (as the ARChitects do): a completion's
   logprob is then its real probability under the model, and a threshold of 0.1 means the same as in
   their work; the mass the model puts on other tokens is simply lost. ``renormalize=True`` instead
@@ -15,7 +15,7 @@ How the search reads the model:
   newline when the format's rows are newline-terminated, in its place when they are separated). Without
   renormalisation this changes nothing in the kept completions, it only saves forward passes; it
   also bounds every answer to ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens. The grammar is an object
-  (:func:`answer_grammar`): :class:`DigitGrammar` for the token formats, ``formats.TemplateGrammar``
+  (:func:`answer_grammar`): :class:`DigitGrammar` for the token formats, ``templates.TemplateGrammar``
   for the template formats (mit, omni-arc), whose symbols are the model's own tokens made only of the
   grid writer's characters, checked by a character automaton; the search itself is the same.
 - The most likely child is explored first. A branch is cut as soon as its cumulative probability
@@ -74,11 +74,12 @@ import torch
 from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import MAX_SIDE, Task, grid_to_list
-from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
+from arcttt.formats import TokenMap, answer_ids, parse_answer
 from arcttt.kvcache import PromptCaches, SlabCache, SlabLayer, cache_bytes, new_cache
+from arcttt.templates import TemplateMap
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
-N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
+N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_symbols order: digits 0-9, newline, end
 NEWLINE, END = 10, 11
 DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already
 MAX_DRAFTS = 4    # a view's drafts: the best candidates so far (a noisy view's first choice is often the second)
@@ -268,12 +269,12 @@ def _advance(state: tuple[int, int, int], sym: int) -> tuple[int, int, int]:
 @dataclass(frozen=True)
 class DigitGrammar:
     """The grammar of the token formats (one token per cell): the 12 answer symbols
-    (``TokenMap.answer_ids``) and the automaton of :func:`_allowed` / :func:`_advance`.
+    (``TokenMap.answer_symbols``) and the automaton of :func:`_allowed` / :func:`_advance`.
 
     A grammar is what the tree search asks at each node: ``symbols`` (the token ids it may feed, the
     end token last), ``start``, ``allowed(state)`` (symbol indices), ``advance(state, symbol)``,
     ``is_end(symbol)`` and ``max_tokens`` (the longest answer, end included). The template formats'
-    grammar is ``formats.TemplateGrammar`` (a character automaton over the model's own tokens)."""
+    grammar is ``templates.TemplateGrammar`` (a character automaton over the model's own tokens)."""
 
     symbols: tuple[int, ...]
     separated: bool = False
@@ -294,7 +295,7 @@ def answer_grammar(tm: TokenMap | TemplateMap):
     """The search grammar of a format's token map."""
     if isinstance(tm, TemplateMap):
         return tm.grammar()
-    return DigitGrammar(tuple(tm.answer_ids), tm.separated)
+    return DigitGrammar(tuple(tm.answer_symbols), tm.separated)
 
 
 def _children(lp: np.ndarray, cum: float, state, min_lp: float, grammar: bool, renormalize: bool,

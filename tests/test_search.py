@@ -27,7 +27,7 @@ from arcttt.search import (SearchConfig, SearchStats, dfs, greedy, search_prompt
                            search_test_input)
 
 TM = compact_token_map()
-SYMBOLS = TM.answer_ids  # digits, newline, end
+SYMBOLS = TM.answer_symbols  # digits, newline, end
 END_ID = TM.end[0]
 OUT_ID = TM.output[0]
 
