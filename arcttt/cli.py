@@ -360,7 +360,7 @@ def _run_command(call, challenges: Path | None, out: Path) -> int:
         return _error(str(e))
     except Exception as e:
         from arcttt.config import ConfigError
-        from arcttt.model import ModelLoadError
+        from arcttt.modeldir import ModelLoadError
 
         if isinstance(e, ModelLoadError):
             from arcttt.data import one_line
@@ -479,9 +479,9 @@ def show_prompt(task_id: str, *, challenges: Path, model: Path, format: str | No
 
     from arcttt.augment import Augmentation
     from arcttt.data import TaskError
-    from arcttt.formats import FormatError, load_tokenizer
-    from arcttt.model import model_token_map
+    from arcttt.modeldir import model_token_map
     from arcttt.report import find_task
+    from arcttt.tokenizer import FormatError, load_tokenizer
     from arcttt.ttt_data import prompt_record
 
     try:
@@ -576,7 +576,7 @@ def shrink_vocab(src: Path, dst: Path, *, format: typing.Literal["compact", "cha
         overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
             it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
-    from arcttt.formats import FormatError
+    from arcttt.tokenizer import FormatError
     from arcttt.weights import WeightsError, shrink_vocab as shrink
 
     try:
@@ -612,7 +612,7 @@ def prepare_weights(src: Path, dst: Path, *, format: typing.Literal["compact", "
         overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
             it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
-    from arcttt.formats import FormatError
+    from arcttt.tokenizer import FormatError
     from arcttt.weights import WeightsError, prepare_weights as prepare
 
     try:
@@ -677,7 +677,7 @@ def adopt_model(src: Path, dst: Path, *, format: typing.Literal["compact", "chat
         overwrite: Replace DST when it is a model folder arcttt wrote (it holds arcttt.json); without
             it DST must be new or empty. DST is written beside itself and renamed in at the end.
     """
-    from arcttt.formats import FormatError
+    from arcttt.tokenizer import FormatError
     from arcttt.weights import WeightsError, adopt_model as adopt
 
     try:

@@ -42,13 +42,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arcttt import formats, synthetic
+from arcttt import formats, modeldir, synthetic
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.causal_lm import load_causal_lm, resolve_dtype
 from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
                          parse_task, read_json, shown, task_to_json)
 from arcttt.formats import Encoded, TokenMap
-from arcttt.model import LoraConfig, attach_lora, model_token_map
+from arcttt.model import LoraConfig, attach_lora
+from arcttt.modeldir import model_token_map
 from arcttt.ttt import OptimConfig, lr_at, make_optimizer
 from arcttt.ttt_data import AugmentConfig
 
@@ -534,7 +535,7 @@ def _base_lineage(model_dir: Path) -> tuple[str | None, list[dict]]:
     that ``arcttt finetune`` wrote, that base's own origin; ``make_tiny_model``: a random init), and
     the earlier stages of that chain (data and steps each)."""
     try:
-        meta = json.loads((Path(model_dir) / formats.META_FILE).read_text())
+        meta = json.loads((Path(model_dir) / modeldir.META_FILE).read_text())
     except (OSError, ValueError, RecursionError):
         return None, []
     if not isinstance(meta, dict):
@@ -567,7 +568,7 @@ def export_model(out: Path, base: Path, model, tm: TokenMap, cfg: FinetuneConfig
     for name in TOKENIZER_FILES:
         if (base / name).is_file():
             shutil.copyfile(base / name, out / name)
-    formats.write_model_meta(out, tm, source="arcttt finetune", **meta)
+    modeldir.write_model_meta(out, tm, source="arcttt finetune", **meta)
 
 
 # --- the learning curve -------------------------------------------------------------------------

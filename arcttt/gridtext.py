@@ -1,4 +1,4 @@
-"""Grids as free text: the grid writers of the template formats (``formats.TemplateSpec``), each with
+"""Grids as free text: the grid writers of the template formats (``templates.TemplateSpec``), each with
 its strict parser and a character-level automaton over the *answer text* the model generates.
 
 - ``numpy`` (MIT, ekinakyurek/marc): ``str(np.array(grid))`` of a 0-9 grid, e.g. ``[[8 6]\\n [6 4]]``;

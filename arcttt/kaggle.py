@@ -158,7 +158,9 @@ def find_inputs(root: str | Path, *, model: str | None = None, format: str | Non
 def checkpoint_format(path: Path, given: str | None = None) -> str | None:
     """The format a model directory is run in: ``arcttt.json``'s, else ``given``, else the one its
     tokenizer pins down; None when nothing says."""
-    from arcttt.formats import FormatError, detect_format, load_tokenizer, read_model_meta
+    from arcttt.formats import detect_format
+    from arcttt.modeldir import read_model_meta
+    from arcttt.tokenizer import FormatError, load_tokenizer
 
     try:
         if (path / "arcttt.json").is_file():

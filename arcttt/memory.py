@@ -179,7 +179,7 @@ def answer_tokens(format: str | None) -> int:
     """The longest answer in tokens: a 30 x 30 grid and the end in the token formats (one token a
     cell); in a template format at most one token a character of the writer's 30 x 30 text (Llama 3
     splits MIT's spaced digits one a token), plus the end."""
-    from arcttt.formats import TEMPLATES
+    from arcttt.templates import TEMPLATES
 
     if format in TEMPLATES:
         from arcttt.gridtext import WRITERS

@@ -40,6 +40,8 @@ import torch
 from arcttt import formats
 from arcttt.backends import backend_of
 from arcttt.causal_lm import DTYPES, OFFLINE_KWARGS, load_causal_lm, resolve_dtype
+from arcttt.modeldir import (ModelLoadError, build_tokenizer, check_model_dir, prequantized, token_map_from_tokenizer,
+                             write_model_meta)
 from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
 
 # All linear layers of a Llama/Qwen/Mistral decoder block.
@@ -50,10 +52,6 @@ log = logging.getLogger("arcttt.model")
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "arcttt-tiny-syn"
 """arcttt's own small model trained by ``arcttt finetune`` (weights/README.md): the default dry run's."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory that cannot be loaded; the message names the path and the fault."""
 
 
 @dataclass
@@ -231,134 +229,6 @@ def import_unsloth_first(backend: str) -> bool:
     return True
 
 
-def check_model_dir(path: str | Path, format: str | None = None) -> tuple[Path, formats.TokenMap, dict]:
-    """The directory, its token map and metadata, or a :class:`ModelLoadError` saying what is wrong.
-
-    The token map is ``arcttt.json``'s when there is one (``format``, if given, must agree), else the
-    format's ids in the directory's tokenizer (``format`` given, or pinned down by the tokenizer:
-    NVARC's 16 tokens). Either way every digit and marker is checked against ``tokenizer.json``
-    (read with the ``tokenizers`` library) when the directory has one. Nothing is written here.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model directory: no config.json")
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.iterdir())[:8]
-        raise ModelLoadError(f"{path} has no *.safetensors weights (found: {', '.join(found) or 'nothing'}); "
-                             "only safetensors are loaded: convert .bin weights with `arcttt convert-weights SRC DST`")
-    try:
-        return (path, *model_token_map(path, format))
-    except formats.FormatError as e:
-        raise ModelLoadError(f"{path}: {e}") from e
-
-
-def model_token_map(path: Path, format: str | None = None) -> tuple[formats.TokenMap, dict]:
-    """See :func:`check_model_dir`; raises :class:`formats.FormatError`."""
-    has_tokenizer = (path / "tokenizer.json").is_file()
-    tokenizer = formats.load_tokenizer(path) if has_tokenizer else None
-    if (path / formats.META_FILE).is_file():
-        token_map, meta = formats.read_model_meta(path)
-        if format is not None and format != token_map.format:
-            raise formats.FormatError(f"format {format} was asked for, but {formats.META_FILE} says "
-                                      f"{token_map.format}")
-        if tokenizer is not None:
-            formats.check_token_map(token_map, formats.token_map_from_tokenizer(token_map.format, tokenizer),
-                                    got_from=formats.META_FILE, expected_from="tokenizer.json")
-        return token_map, meta
-    if tokenizer is None:
-        formats.read_model_meta(path)  # raises: no arcttt.json, and no tokenizer to read a format from
-    detected = formats.detect_format(tokenizer)
-    name = format or detected
-    if name is None:
-        raise formats.FormatError(f"no {formats.META_FILE}, and its tokenizer does not pin down a format: give "
-                                  f"--format (one of {', '.join(formats.FORMATS)}) or run `arcttt adopt-model`")
-    token_map = formats.token_map_from_tokenizer(name, tokenizer)
-    return token_map, {"format": name, "token_map": token_map.to_json(),
-                       "source": "format given" if format else "format detected from the tokenizer"}
-
-
-def describe_model_dir(path: str | Path, format: str | None = None) -> str:
-    """One line saying what the model in ``path`` is: architecture, size, dtype, format and where
-    it came from (``arcttt.json``'s record: a random tiny model, an ``arcttt finetune`` run and its
-    data, a prepared or adopted checkpoint). Reads only config.json, arcttt.json and the safetensors
-    headers; never raises (a part it cannot read is left out)."""
-    path = Path(path)
-    if not path.is_dir():
-        return f"{path}: not found"
-    parts = []
-    try:
-        config = json.loads((path / "config.json").read_text())
-        arch = (config.get("architectures") or [config.get("model_type", "?")])[0]
-        layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
-        parts.append(f"{arch}, {layers} layers x {hidden}" if layers and hidden else arch)
-    except (OSError, ValueError, AttributeError, IndexError, TypeError, RecursionError):
-        config = {}
-    n = _count_saved_weights(path)
-    if n:
-        parts.append(f"{n:,} weights")
-    if prequantized(path):
-        parts.append("bnb 4-bit as saved")
-    elif isinstance(config, dict) and (config.get("dtype") or config.get("torch_dtype")):
-        parts.append(str(config.get("dtype") or config.get("torch_dtype")))
-    try:
-        meta = json.loads((path / formats.META_FILE).read_text())
-        meta = meta if isinstance(meta, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        meta = {}
-    name = meta.get("format") or format
-    if name:
-        parts.append(f"format {name}")
-    source = meta.get("source")
-    if source == "make_tiny_model":
-        parts.append("random weights from make_tiny_model (solves nothing: checks the mechanics)")
-    elif source == "arcttt finetune":
-        data = " + ".join(meta.get("data") or []) or "?"
-        base = meta.get("base_source")
-        origin = "from random init" if base == "make_tiny_model" else f"from {meta.get('base', '?')}"
-        stages = meta.get("stages") if isinstance(meta.get("stages"), list) else []
-        origin += f" in {len(stages) + 1} stages, the last" if stages else ","
-        parts.append(f"trained by arcttt finetune {origin} {meta.get('steps', '?')} steps on {data}; excluded: "
-                     f"{', '.join(meta.get('excluded') or []) or 'nothing'}")
-    elif source:
-        parts.append(str(source))
-    elif not meta:
-        parts.append("no arcttt.json (a published checkpoint, run in its given or detected format)")
-    return f"{path}: " + ", ".join(parts)
-
-
-def _count_saved_weights(path: Path) -> int:
-    """Elements in the directory's safetensors files, from their headers (0 if unreadable)."""
-    total = 0
-    for f in sorted(path.glob("*.safetensors")):
-        try:
-            with open(f, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                if not 0 < size <= min(f.stat().st_size - 8, 100 * 2 ** 20):  # not a safetensors header
-                    return 0
-                header = json.loads(fh.read(size))
-        except (OSError, ValueError):
-            return 0
-        if not isinstance(header, dict):
-            return 0
-        for key, entry in header.items():
-            if key != "__metadata__" and isinstance(entry, dict):
-                n = 1
-                for d in entry.get("shape", []):
-                    n *= int(d)
-                total += n
-    return total
-
-
-def prequantized(path: Path) -> bool:
-    """The directory's weights are saved quantized (bitsandbytes 4-bit): load them as they are."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    quant = config.get("quantization_config") if isinstance(config, dict) else None
-    return isinstance(quant, dict) and bool(quant.get("load_in_4bit") or quant.get("quant_method") == "bitsandbytes")
 
 
 def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ModelSession:
@@ -603,8 +473,8 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = formats.build_tokenizer(format_name, extra_tokens=extra_tokens)
-    token_map = formats.token_map_from_tokenizer(format_name, tokenizer)
+    tokenizer = build_tokenizer(format_name, extra_tokens=extra_tokens)
+    token_map = token_map_from_tokenizer(format_name, tokenizer)
     config_class, model_class = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
@@ -623,5 +493,5 @@ def make_tiny_model(out_dir: str | Path, format_name: str = "compact", *, hidden
 
     portable_config(out / "config.json")  # loads the same in transformers 4.4x
     if meta:
-        formats.write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
+        write_model_meta(out, token_map, source="make_tiny_model", seed=seed)
     return out

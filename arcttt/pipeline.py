@@ -482,7 +482,7 @@ def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto"
     folder holding another run's records is reused only with ``resume`` (matching records kept).
     Raises ValueError for a bad ``time_budget``, rundir.RunDirError for a run folder in use or
     holding another run, data.DataFileError for an unreadable challenges file, config.ConfigError for
-    a bad configuration, model.ModelLoadError when no worker can load the model, RunWriteError when a
+    a bad configuration, modeldir.ModelLoadError when no worker can load the model, RunWriteError when a
     file cannot be written, RunStopped on SIGINT/SIGTERM (``out`` then holds a valid submission).
     """
     check_time_budget(time_budget)
@@ -563,11 +563,11 @@ def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: 
 
     summary = {"tasks": len(loaded.ids), "resumed": len(done), "redone": dict(redo), "rejected": len(loaded.rejected),
                "answered": 0, "failed": 0, "unstarted": 0, "notes": notes, "write_errors": writes}
-    from arcttt.model import describe_model_dir
+    from arcttt.modeldir import describe_model_dir
 
     summary["model"] = describe_model_dir(model, cfg.model.format)
     if todo:
-        from arcttt.model import ModelLoadError, check_model_dir
+        from arcttt.modeldir import ModelLoadError, check_model_dir
 
         check_model_dir(model, cfg.model.format)  # fail fast, before any worker starts, on a directory that cannot be right
         state = _Dispatch(deque(todo), {t.id: expected_cost(t) for t in todo}, writes=writes)

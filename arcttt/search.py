@@ -5,7 +5,7 @@ augmented views of a test input, with the answers mapped back and merged into ca
 How the search reads the model:
 
 - Only answer symbols are ever fed: the 10 digits, the newline and the first token of the end marker
-  (``TokenMap.answer_ids``). Their probabilities are the model's own, from a softmax over the whole
+  (``TokenMap.answer_symbols``). Their probabilities are the model's own, from a softmax over the whole
   vocabulary, *not renormalised* over the answer symbols (as the ARChitects do): a completion's
   logprob is then its real probability under the model, and a threshold of 0.1 means the same as in
   their work; the mass the model puts on other tokens is simply lost. ``renormalize=True`` instead
@@ -13,7 +13,7 @@ How the search reads the model:
 - The tree search itself (``tree.py``: the grammar that prunes what
   :func:`arcttt.formats.parse_answer` would reject, the most likely child first, the cut below the
   threshold) knows no model: this module feeds it the model's log-probabilities. The grammar is the
-  format's (``tm.grammar()``): ``tree.DigitGrammar`` for the token formats, ``formats.TemplateGrammar``
+  format's (``tm.grammar()``): ``tree.DigitGrammar`` for the token formats, ``templates.TemplateGrammar``
   for the template formats (mit, omni-arc), whose symbols are the model's own tokens made only of the
   grid writer's characters; the search is the same. Greedy decoding is its degenerate case
   (:func:`greedy`).
@@ -64,10 +64,11 @@ import torch
 from arcttt.augment import Augmentation
 from arcttt.backends import backend_of
 from arcttt.data import Task, grid_to_list
-from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
+from arcttt.formats import TokenMap, answer_ids, parse_answer
 from arcttt.forward import inference, last_logits_kwargs, model_device, positions, symbol_logprobs
 from arcttt.kvcache import (PromptCaches, SlabCache, batchable, cache_bytes, crop_to, drop_columns,
                             new_cache)
+from arcttt.templates import TemplateMap
 from arcttt.tree import DraftWalk, draft_symbols, tree_search
 
 DRAFT_CHUNK = 32  # draft symbols verified in one call at first; then as many as are verified already

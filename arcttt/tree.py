@@ -11,7 +11,7 @@ lets one forward answer many nodes. Numpy only; ``search.py`` drives it with a m
   newline-terminated, in its place when they are separated); it bounds every answer to
   ``MAX_ANSWER_TOKENS`` = 30 * 31 + 1 tokens. Without renormalisation it changes nothing in the kept
   completions, it only saves forward passes. The template formats' grammar is
-  ``formats.TemplateGrammar`` (a character automaton over the model's own tokens).
+  ``templates.TemplateGrammar`` (a character automaton over the model's own tokens).
 - The most likely child is explored first. A branch is cut as soon as its cumulative probability
   falls below the threshold (probabilities only shrink along a path, so nothing above it is lost).
   Greedy decoding is the degenerate case "one child per node, no threshold". ``renormalize``
@@ -31,7 +31,7 @@ import numpy as np
 from arcttt.data import MAX_SIDE
 
 MAX_ANSWER_TOKENS = MAX_SIDE * (MAX_SIDE + 1) + 1  # 30 rows of 30 cells and a newline, then the end
-N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_ids order: digits 0-9, newline, end
+N_SYMBOLS = 12  # answer symbols, in TokenMap.answer_symbols order: digits 0-9, newline, end
 NEWLINE, END = 10, 11
 
 # Digit grammar state at a node: (cells in the open row, width of the first row or 0, closed rows).
@@ -64,7 +64,7 @@ def digit_advance(state: tuple[int, int, int], sym: int) -> tuple[int, int, int]
 @dataclass(frozen=True)
 class DigitGrammar:
     """The grammar of the token formats (one token per cell): the 12 answer symbols
-    (``TokenMap.answer_ids``) and the automaton of :func:`digit_allowed` / :func:`digit_advance`."""
+    (``TokenMap.answer_symbols``) and the automaton of :func:`digit_allowed` / :func:`digit_advance`."""
 
     symbols: tuple[int, ...]
     separated: bool = False

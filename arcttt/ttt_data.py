@@ -24,14 +24,12 @@ import numpy as np
 
 from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colours
 from arcttt.data import MAX_SIDE, Pair, Task
-from arcttt.formats import Encoded, TemplateMap, TextTokenizer, TokenMap, answer_ids, encode, grid_len
+from arcttt.formats import Encoded, FormatMap
+from arcttt.tokenizer import TextTokenizer
 
 # a duplicate-heavy held-out pair (symmetric grids, few augmentations switched on) is given up
 # after this many duplicates in a row
 _MAX_DUPLICATES_IN_A_ROW = 64
-# a template format's answer of a given shape is measured on a grid of zeros; other digits may merge
-# differently with their neighbours, so the room keeps a few tokens more
-_TEMPLATE_MARGIN = 8
 
 
 @dataclass
@@ -130,17 +128,8 @@ def _fit(demo_lens: list[int], base: int, max_len: int) -> list[int]:
     return keep
 
 
-def _lengths(tm: TokenMap) -> tuple[int, int]:
-    """Tokens of a demonstration's markers, and of a query's markers plus bos and end (a template
-    format: upper bounds, see ``TemplateMap.overheads``)."""
-    if isinstance(tm, TemplateMap):
-        return tm.overheads()
-    demo = len(tm.input) + len(tm.output) + len(tm.end)
-    return demo, len(tm.bos) + demo
-
-
-def _demo_len(pair: Pair, aug: Augmentation, markers: int, tm: TokenMap) -> int:
-    return markers + grid_len(aug.shape(pair.input.shape), tm) + grid_len(aug.shape(pair.output.shape), tm)
+def _demo_len(pair: Pair, aug: Augmentation, markers: int, tm: FormatMap) -> int:
+    return markers + tm.grid_len(aug.shape(pair.input.shape)) + tm.grid_len(aug.shape(pair.output.shape))
 
 
 def _task_rng(task: Task, seed: int) -> np.random.Generator:
@@ -148,7 +137,7 @@ def _task_rng(task: Task, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.id.encode())])
 
 
-def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingData:
+def training_sequences(task: Task, tm: FormatMap, cfg: DataConfig) -> TrainingData:
     """Leave-one-out TTT sequences of ``task`` under augmentations (see the module docstring).
 
     Each sequence's ``meta`` holds ``aug`` (the augmentation key; its order indexes the
@@ -158,7 +147,7 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
     """
     n = len(task.train)
     stats = DataStats(wanted=cfg.n_sequences, held_out=[0] * n)
-    demo_markers, base_markers = _lengths(tm)
+    demo_markers, base_markers = tm.overheads()
     symmetries = D8_NAMES if cfg.symmetries else ("id",)
 
     def base_len(i: int, aug: Augmentation) -> int:
@@ -194,8 +183,8 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
         kept = [shown[k] for k in _fit(lens, base_len(i, aug), cfg.max_len)]
         demos = [Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in kept]
         held = task.train[i]
-        enc = encode(demos, aug.grid(held.input), tm, aug.grid(held.output),
-                     loss_on_demo_outputs=cfg.loss_on_demo_outputs, loss_on_first_output=cfg.loss_on_first_output)
+        enc = tm.encode(demos, aug.grid(held.input), aug.grid(held.output),
+                        loss_on_demo_outputs=cfg.loss_on_demo_outputs, loss_on_first_output=cfg.loss_on_first_output)
         digest = enc.ids.tobytes()
         if digest in seen:
             stats.duplicates += 1
@@ -216,11 +205,9 @@ def training_sequences(task: Task, tm: TokenMap, cfg: DataConfig) -> TrainingDat
     return TrainingData(sequences, None, stats)
 
 
-def max_answer_len(tm: TokenMap) -> int:
-    """Tokens of the largest possible answer: a 30x30 grid and the end marker."""
-    if isinstance(tm, TemplateMap):
-        return tm.max_answer_len()
-    return grid_len((MAX_SIDE, MAX_SIDE), tm) + len(tm.end)
+def max_answer_len(tm: FormatMap) -> int:
+    """Tokens of the largest possible answer: a 30x30 grid and the end marker (``tm.max_answer_len``)."""
+    return tm.max_answer_len()
 
 
 def answer_shape(task: Task, test_index: int) -> tuple[int, int]:
@@ -237,19 +224,15 @@ def answer_shape(task: Task, test_index: int) -> tuple[int, int]:
     return min(MAX_SIDE, max(s[0] for s in shapes)), min(MAX_SIDE, max(s[1] for s in shapes))
 
 
-def answer_room(task: Task, test_index: int, tm: TokenMap) -> int:
+def answer_room(task: Task, test_index: int, tm: FormatMap) -> int:
     """Tokens to leave for the answer of test input ``test_index`` (:func:`answer_shape`, in either
     orientation, since a view may transpose it, plus the end marker), never above the format's
     longest answer."""
     h, w = answer_shape(task, test_index)
-    if isinstance(tm, TemplateMap):  # the text's own tokens (grid_len counts characters), with a margin
-        tokens = max(len(answer_ids(np.zeros(s, dtype=np.uint8), tm)) for s in ((h, w), (w, h))) + _TEMPLATE_MARGIN
-    else:
-        tokens = max(grid_len((h, w), tm), grid_len((w, h), tm)) + len(tm.end)
-    return min(max_answer_len(tm), tokens)
+    return min(tm.max_answer_len(), max(tm.answer_room((h, w)), tm.answer_room((w, h))))
 
 
-def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentation], max_len: int,
+def test_prompts(task: Task, test_index: int, tm: FormatMap, augs: list[Augmentation], max_len: int,
                  answer_reserve: int | None = None) -> list[View]:
     """The prompts for test input ``test_index`` under each augmentation in ``augs``.
 
@@ -260,15 +243,15 @@ def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentat
     """
     if not 0 <= test_index < task.n_test:
         raise ValueError(f"task {task.id}: no test input {test_index} (it has {task.n_test})")
-    reserve = max_answer_len(tm) if answer_reserve is None else answer_reserve
-    demo_markers, base_markers = _lengths(tm)
+    reserve = tm.max_answer_len() if answer_reserve is None else answer_reserve
+    demo_markers, base_markers = tm.overheads()
     query = task.test_inputs[test_index]
     views = []
     for aug in augs:
         if aug.order is not None and len(aug.order) != len(task.train):
             raise ValueError(f"task {task.id}: augmentation {aug.key} orders {len(aug.order)} pairs, "
                              f"the task has {len(task.train)}")
-        base = base_markers - len(tm.end) + grid_len(aug.shape(query.shape), tm) + reserve
+        base = base_markers - len(tm.end) + tm.grid_len(aug.shape(query.shape)) + reserve
         if base > max_len:
             raise ValueError(f"task {task.id}: test input {test_index} ({query.shape[0]}x{query.shape[1]}) needs "
                              f"{base} tokens with {reserve} reserved for the answer, over max_len={max_len}")
@@ -276,14 +259,14 @@ def test_prompts(task: Task, test_index: int, tm: TokenMap, augs: list[Augmentat
         lens = [_demo_len(task.train[j], aug, demo_markers, tm) for j in shown]
         kept = [shown[k] for k in _fit(lens, base, max_len)]
         demos = [Pair(aug.grid(task.train[j].input), aug.grid(task.train[j].output)) for j in kept]
-        views.append(View(aug, encode(demos, aug.grid(query), tm).ids, len(kept), tuple(kept), reserve))
+        views.append(View(aug, tm.encode(demos, aug.grid(query)).ids, len(kept), tuple(kept), reserve))
     return views
 
 
 test_prompts.__test__ = False  # not a pytest test, though tests import it by this name
 
 
-def prompt_record(task: Task, test_index: int, tm: TokenMap, aug: Augmentation, max_len: int,
+def prompt_record(task: Task, test_index: int, tm: FormatMap, aug: Augmentation, max_len: int,
                   tokenizer: TextTokenizer | None = None) -> dict:
     """Exactly what the model is shown for one test input under one augmentation, as the run builds
     it: ``prompt_ids`` and, when the task's test output is known, ``answer_ids`` (the augmented
@@ -294,7 +277,7 @@ def prompt_record(task: Task, test_index: int, tm: TokenMap, aug: Augmentation, 
               "demos": list(view.demos), "prompt_ids": [int(i) for i in view.prompt],
               "prompt_text": tokenizer.decode(view.prompt) if tokenizer else None}
     if task.test_outputs is not None:
-        answer = answer_ids(aug.grid(task.test_outputs[test_index]), tm)
+        answer = tm.answer_ids(aug.grid(task.test_outputs[test_index]))
         record.update(answer_ids=[int(i) for i in answer], answer_text=tokenizer.decode(answer) if tokenizer else None)
     return record
 
@@ -310,11 +293,11 @@ class LengthStats:
     over_8192: int
 
 
-def sequence_length_stats(tasks: list[Task], tm: TokenMap) -> LengthStats:
+def sequence_length_stats(tasks: list[Task], tm: FormatMap) -> LengthStats:
     """Lengths of every (task, test input) as one sequence with all demonstrations and, where the
     test output is known, the answer (else the prompt alone)."""
     lengths = np.array([
-        len(encode(t.train, t.test_inputs[k], tm, t.test_outputs[k] if t.test_outputs else None))
+        len(tm.encode(t.train, t.test_inputs[k], t.test_outputs[k] if t.test_outputs else None))
         for t in tasks for k in range(t.n_test)])
     if not len(lengths):
         raise ValueError("sequence_length_stats: no tasks")

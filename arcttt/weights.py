@@ -19,7 +19,10 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from arcttt.formats import FORMATS, META_FILE, TEMPLATE_FORMATS, FormatError, TokenMap, token_map_from_tokenizer, wordlevel_tokenizer, write_model_meta
+from arcttt.formats import FORMATS, TEMPLATE_FORMATS, TokenMap
+from arcttt.modeldir import (META_FILE, ModelLoadError, check_model_files, read_model_meta, token_map_from_tokenizer,
+                             write_model_meta)
+from arcttt.tokenizer import FormatError, load_tokenizer, wordlevel_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -36,23 +39,14 @@ def _offline() -> None:
     set_offline_env()
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """``path`` as a Path if it holds a Hugging Face model with safetensors weights and a tokenizer,
-    else :class:`WeightsError` naming the directory and what is missing."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise WeightsError(f"model path {path} is not a directory")
-    if not (path / "config.json").is_file():
-        raise WeightsError(f"{path} is not a Hugging Face model directory (no config.json)")
-    if not any(path.glob("*.safetensors")):
-        others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
-        raise WeightsError(f"{path} has no *.safetensors weights{f' (found {others})' if others else ''}; "
-                           "arcttt loads safetensors only: convert .bin weights with `arcttt convert-weights SRC DST`")
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise WeightsError(f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json)")
-    return path
+def check_source_dir(path: str | Path) -> Path:
+    """``path`` as a Path if it holds a Hugging Face model with safetensors weights and a tokenizer
+    (``modeldir.check_model_files``), else :class:`WeightsError` naming the directory and what is
+    missing."""
+    try:
+        return check_model_files(path, tokenizer=True)
+    except ModelLoadError as e:
+        raise WeightsError(str(e)) from None
 
 
 # --- the one rule for every command that writes a model folder -----------------------------------
@@ -133,8 +127,11 @@ def writing_dir(dst: Path, keep: Callable[[str], bool] | None = None) -> Iterato
         raise
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer of a local model directory (offline)."""
+def load_hf_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The transformers tokenizer object of a local model directory (offline), for what only it
+    does here: cutting a vocabulary and saving the cut tokenizer's files (shrink-vocab,
+    prepare-weights). arcttt reads a tokenizer everywhere else with ``tokenizer.load_tokenizer``
+    (the ``tokenizers`` library: ``AutoTokenizer`` rebuilds NVARC's WordLevel file as BPE)."""
     _offline()
     from transformers import AutoTokenizer
 
@@ -258,7 +255,7 @@ def shrink_vocab(src: Path, dst: Path, format_name: str, *, overwrite: bool = Fa
     or a destination that may not be written, :class:`FormatError` when the tokenizer does not
     speak the format."""
     check_cuttable(format_name)
-    src = check_model_dir(src)
+    src = check_source_dir(src)
     dst = check_output_dir(dst, src, overwrite=overwrite)
     with writing_dir(dst) as tmp:
         _shrink_into(src, tmp, format_name)
@@ -266,7 +263,7 @@ def shrink_vocab(src: Path, dst: Path, format_name: str, *, overwrite: bool = Fa
 
 
 def _shrink_into(src: Path, dst: Path, format_name: str) -> None:
-    tokenizer = load_tokenizer(src)
+    tokenizer = load_hf_tokenizer(src)
     tm = token_map_from_tokenizer(format_name, tokenizer)
     keep = kept_token_ids(tm, tokenizer)
     model = _load_source(src)
@@ -324,8 +321,6 @@ QUANTIZE_CHOICES = ("none", "4bit")
 
 def _update_model_meta(model_dir: Path, **fields) -> None:
     """Add or replace fields of ``model_dir/arcttt.json``, keeping the format and token map."""
-    from arcttt.formats import read_model_meta
-
     tm, meta = read_model_meta(model_dir)
     kept = {k: v for k, v in meta.items() if k not in ("format", "token_map")}
     write_model_meta(model_dir, tm, **{**kept, **fields})
@@ -405,7 +400,7 @@ def prepare_weights(src: str | Path, dst: str | Path, format_name: str, *, quant
     if quantize not in QUANTIZE_CHOICES:
         raise WeightsError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     check_cuttable(format_name)  # before the long load
-    src = check_model_dir(src)
+    src = check_source_dir(src)
     dst = check_output_dir(dst, src, overwrite=overwrite)
     device = quantize_device(allow_cpu) if quantize == "4bit" else None  # fail before the long shrink
     with writing_dir(dst) as tmp:
@@ -433,11 +428,7 @@ def adopt_model(src: str | Path, dst: str | Path, format_name: str, *, copy: boo
     """
     import shutil
 
-    from arcttt.formats import load_tokenizer
-
-    src, dst = Path(src), Path(dst)
-    if not src.is_dir() or not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
-        raise WeightsError(f"{src} is not a model directory with config.json and *.safetensors weights")
+    src = check_source_dir(src)
     dst = check_output_dir(dst, src, overwrite=overwrite)
     tm = token_map_from_tokenizer(format_name, load_tokenizer(src))  # fails before anything is written
     with writing_dir(dst) as tmp:

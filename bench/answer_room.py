@@ -13,7 +13,9 @@ import argparse
 
 from arcttt.augment import Augmentation
 from arcttt.data import load_split
-from arcttt.formats import TemplateMap, answer_ids, build_tokenizer, template_map, template_tokenizer, token_map_from_tokenizer
+from arcttt.formats import answer_ids
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
+from arcttt.templates import TemplateMap, template_map, template_tokenizer
 from arcttt.ttt_data import answer_room, max_answer_len, test_prompts
 
 FORMATS = ("compact", "nvarc", "architects", "mit", "omni-arc")

@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from arcttt.data import load_split
-from arcttt.formats import FORMATS, build_tokenizer, token_map_from_tokenizer
+from arcttt.formats import FORMATS
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
 from arcttt.ttt_data import DataConfig, training_sequences
 
 

@@ -20,7 +20,7 @@ import torch
 
 def run(model_dir: Path, threads: int, bf16: bool, compile_: bool, steps: int, seq_len: int, rows: int) -> float:
     from arcttt.finetune import Cursor, Dist, FinetuneConfig, load_base, load_tasks, next_rows, train_step
-    from arcttt.formats import read_model_meta
+    from arcttt.modeldir import read_model_meta
     from arcttt.ttt import make_optimizer
 
     torch.set_num_threads(threads)

@@ -55,9 +55,9 @@ def build_qwen3(out: Path, format_name: str = "compact", shape: str = "qwen3-4b"
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from arcttt import formats
+    from arcttt import modeldir
 
-    tokenizer = formats.build_tokenizer(format_name)
+    tokenizer = modeldir.build_tokenizer(format_name)
     config = Qwen3Config(
         vocab_size=len(tokenizer), **SHAPES[shape], rope_theta=1_000_000.0, tie_word_embeddings=True,
         rms_norm_eps=1e-6, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -73,7 +73,7 @@ def build_qwen3(out: Path, format_name: str = "compact", shape: str = "qwen3-4b"
     model.save_pretrained(out)
     del model
     tokenizer.save_pretrained(out)
-    formats.write_model_meta(out, formats.token_map_from_tokenizer(format_name, tokenizer), source=f"{shape}-shape")
+    modeldir.write_model_meta(out, modeldir.token_map_from_tokenizer(format_name, tokenizer), source=f"{shape}-shape")
     return out
 
 

@@ -24,7 +24,8 @@ import torch
 
 from arcttt.augment import D8_NAMES, Augmentation
 from arcttt.data import Task
-from arcttt.formats import TemplateMap, TokenMap, answer_ids, parse_answer
+from arcttt.formats import TokenMap, answer_ids, parse_answer
+from arcttt.templates import TemplateMap
 
 CONFIDENT = 25.0  # logit of the expected next token; every other token has 0
 

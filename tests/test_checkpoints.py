@@ -15,8 +15,8 @@ import torch
 
 from arcttt.cli import main
 from arcttt.data import export_split, load_challenges
-from arcttt.formats import META_FILE, read_model_meta
 from arcttt.model import LoraConfig, ModelConfig, load_model
+from arcttt.modeldir import META_FILE, read_model_meta
 from arcttt.pipeline import run
 from arcttt.submission import load_submission, validate_submission
 
@@ -68,7 +68,7 @@ def test_prequantized_architects_directory_loads_as_it_is(architects_model_dir, 
     import shutil
 
     shutil.copytree(architects_model_dir, staged)
-    from arcttt.formats import build_tokenizer, token_map_from_tokenizer, write_model_meta
+    from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer, write_model_meta
 
     write_model_meta(staged, token_map_from_tokenizer("architects", build_tokenizer("architects")))
     published = tmp_path / "Mistral-ARChitects-bnb-4bit"

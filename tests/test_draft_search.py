@@ -17,7 +17,8 @@ import pytest
 from arcttt import search
 from arcttt.augment import Augmentation
 from arcttt.data import Pair, Task
-from arcttt.formats import answer_ids, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
+from arcttt.formats import answer_ids, encode, parse_answer
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
 from arcttt.search import SearchConfig, SearchStats, search_prompts, search_test_input
 from helpers import TM
 from test_search import (END_ID, TableLM, assert_same, brute_force, copy_query_fn, random_fn, small_prompt,

@@ -178,8 +178,8 @@ def test_the_written_model_runs_through_the_pipeline(pinned_run, tiny_model_dir)
 
     from arcttt.budget import TaskDeadlines
     from arcttt.config import load_config
-    from arcttt.formats import read_model_meta
     from arcttt.model import ModelConfig, LoraConfig, load_model
+    from arcttt.modeldir import read_model_meta
     from arcttt.pipeline import solve_task
 
     out, _ = pinned_run
@@ -276,8 +276,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "arcttt-tiny-syn"
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="no shipped model in weights/")
 def test_the_shipped_model_is_small_loads_and_was_trained_without_the_evaluation_sets():
-    from arcttt.formats import read_model_meta
     from arcttt.model import LoraConfig, ModelConfig, load_model
+    from arcttt.modeldir import read_model_meta
 
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 30 * 2**20
     _, meta = read_model_meta(SHIPPED)
@@ -357,7 +357,7 @@ def test_eval_sets_are_held_out_and_logged(tiny_model_dir, tmp_path):
     meta2 = json.loads((tmp_path / "m2" / "arcttt.json").read_text())
     assert meta2["base_source"] == "make_tiny_model"
     assert meta2["stages"] == [{"data": ["synthetic:20:0:copy+flip"], "steps": 6}]
-    from arcttt.model import describe_model_dir
+    from arcttt.modeldir import describe_model_dir
 
     assert "from random init in 2 stages, the last 6 steps on synthetic:8:1:flip" in describe_model_dir(tmp_path / "m2")
     # a held-out task is also dropped from the training data when it appears there

@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arcttt.data import Pair
-from arcttt.formats import (CHAT_PIECES, COMPACT_TOKENS, FORMATS, TOKEN_FORMATS, FormatError, ParseFailure, TokenMap, answer_ids,
-                            build_tokenizer, compact_token_map, encode, grid_ids, parse_answer, read_model_meta,
-                            token_map_from_tokenizer, write_model_meta)
+from arcttt.formats import (CHAT_PIECES, FORMATS, TOKEN_FORMATS, ParseFailure, TokenMap, answer_ids, compact_token_map,
+                            encode, grid_ids, parse_answer)
+from arcttt.modeldir import build_tokenizer, read_model_meta, token_map_from_tokenizer, write_model_meta
+from arcttt.tokenizer import COMPACT_TOKENS, FormatError
 from helpers import grids
 
 
@@ -54,7 +55,7 @@ def test_parse_failures_are_typed(tm):
     assert _fail([], tm) == "empty"
     assert _fail([end], tm) == "empty"
     assert _fail([nl, end], tm) == "empty row"
-    stray = next(i for i in range(100) if i not in tm.answer_ids)
+    stray = next(i for i in range(100) if i not in tm.answer_symbols)
     if tm.rows == "terminated":
         assert _fail([d[1], d[2], nl, d[3], nl, end], tm) == "ragged rows"
         assert _fail([d[1], nl, d[3], d[4], nl, end], tm) == "ragged rows"

@@ -46,9 +46,9 @@ def ttt_speed():
 
 def test_ttt_speed_trains_a_model_in_the_nvarc_format(tmp_path):
     """The format gpu_check.sh builds: no BOS in its token map (the old code indexed tm.bos[0])."""
-    from arcttt import formats
+    from arcttt import modeldir
 
-    assert formats.token_map_from_tokenizer("nvarc", formats.build_tokenizer("nvarc")).bos == ()
+    assert modeldir.token_map_from_tokenizer("nvarc", modeldir.build_tokenizer("nvarc")).bos == ()
     out = ttt_speed().main(["--shape", "qwen3-mini", "--format", "nvarc", "--keep-model", str(tmp_path / "m"),
                             "--backend", "hf", "--dtype", "fp32", "--seq-len", "48", "--steps", "2", "--warmup", "0",
                             "--rank", "8", "--train-embeddings", "--peak-tflops", "1", "--measured-tflops", "0.5",
@@ -62,11 +62,11 @@ def test_ttt_speed_trains_a_model_in_the_nvarc_format(tmp_path):
 
 
 def test_synthetic_sequences_keep_a_bos_where_the_format_has_one():
-    from arcttt import formats
+    from arcttt import modeldir
 
     bench = ttt_speed()
     for name in ("compact", "nvarc"):
-        tm = formats.token_map_from_tokenizer(name, formats.build_tokenizer(name))
+        tm = modeldir.token_map_from_tokenizer(name, modeldir.build_tokenizer(name))
         for seq in bench.synthetic_sequences(2, 16, tm):
             assert tuple(seq.ids[:len(tm.bos)]) == tuple(tm.bos)
             assert set(seq.ids[len(tm.bos):]) <= {*tm.digits, tm.newline}

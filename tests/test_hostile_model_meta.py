@@ -82,12 +82,12 @@ def test_a_panicking_pre_tokenizer_is_one_line(tiny_model_dir, challenges, monke
     panic = e.value
     assert type(panic).__name__ == "PanicException" and not isinstance(panic, Exception)
 
-    import arcttt.model
+    import arcttt.modeldir
 
     def token_map(*args, **kwargs):
         raise panic
 
-    monkeypatch.setattr(arcttt.model, "model_token_map", token_map)
+    monkeypatch.setattr(arcttt.modeldir, "model_token_map", token_map)
     path, task_id = challenges
     code, _, err = run_cli(["show-prompt", task_id, "--challenges", path, "--model", tiny_model_dir], capsys)
     assert code == 2 and "retry-limit-in-match" in one_error(err)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PKG = Path(__file__).parent.parent / "arcttt"
@@ -46,3 +49,16 @@ def test_circles_are_found():
 def test_no_import_circle():
     found = circles(import_graph())
     assert found == [], found
+
+
+PURE = ("data", "augment", "formats", "tokenizer", "records")
+"""Modules of pure numpy and text: importing them loads no torch (nor transformers)."""
+
+
+def test_pure_modules_import_no_torch():
+    code = (f"import sys, {', '.join('arcttt.' + m for m in PURE)}; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(PKG.parent), os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -288,7 +288,7 @@ def test_code_dataset_build_installs_offline(tmp_path):
 # --- prepare-weights ----------------------------------------------------------------------------
 
 def test_prepare_weights_without_quantization(tiny_model_dir, tmp_path):
-    from arcttt.formats import read_model_meta
+    from arcttt.modeldir import read_model_meta
     from arcttt.weights import prepare_weights
 
     dst = prepare_weights(tiny_model_dir, tmp_path / "prepared", "compact")
@@ -330,9 +330,10 @@ def test_prepare_weights_4bit_on_cpu_loads_back_quantized(tiny_model_dir, tmp_pa
     import torch
 
     from arcttt.cli import main
-    from arcttt.formats import encode, read_model_meta
     from arcttt.data import load_split
+    from arcttt.formats import encode
     from arcttt.model import ModelConfig, load_model
+    from arcttt.modeldir import read_model_meta
 
     dst = tmp_path / "q4"
     with pytest.raises(SystemExit) as e:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcttt import formats
+from arcttt import formats, modeldir
 from arcttt.model import LoraConfig, ModelConfig, ModelLoadError, load_model, make_tiny_model
 from arcttt.ttt import TTTConfig, mean_loss, train_task
 from arcttt.ttt_data import DataConfig, training_sequences
@@ -64,12 +64,12 @@ def test_load_errors_name_the_path_and_the_fault(tiny_model_dir, tmp_path):
 
     odd = tmp_path / "odd_format"
     shutil.copytree(tiny_model_dir, odd)
-    meta = json.loads((odd / formats.META_FILE).read_text())
-    (odd / formats.META_FILE).write_text(json.dumps({**meta, "format": "morse"}))
+    meta = json.loads((odd / modeldir.META_FILE).read_text())
+    (odd / modeldir.META_FILE).write_text(json.dumps({**meta, "format": "morse"}))
     with pytest.raises(ModelLoadError, match="odd_format.*unknown format 'morse'"):
         load_model(odd)
-    (odd / formats.META_FILE).unlink()
-    with pytest.raises(ModelLoadError, match=f"no {formats.META_FILE}, and its tokenizer does not pin down a format: "
+    (odd / modeldir.META_FILE).unlink()
+    with pytest.raises(ModelLoadError, match=f"no {modeldir.META_FILE}, and its tokenizer does not pin down a format: "
                                              "give --format"):
         load_model(odd)
     assert load_model(odd, ModelConfig(backend="hf", format="compact")).token_map == formats.compact_token_map()
@@ -83,20 +83,20 @@ def test_make_tiny_model_writes_a_portable_directory(tmp_path):
     out = make_tiny_model(tmp_path / "chat", "chat", hidden=32, layers=1, heads=2, intermediate=48,
                           extra_tokens=5, seed=3)
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            formats.META_FILE} <= {p.name for p in out.iterdir()}
+            modeldir.META_FILE} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     config = json.loads((out / "config.json").read_text())
     assert config["torch_dtype"] == "float32" and config["rope_theta"] == 10000.0  # 4.4x spellings too
-    tm, meta = formats.read_model_meta(out)
+    tm, meta = modeldir.read_model_meta(out)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    assert formats.token_map_from_tokenizer("chat", tok) == tm and meta["seed"] == 3
+    assert modeldir.token_map_from_tokenizer("chat", tok) == tm and meta["seed"] == 3
     assert config["vocab_size"] == len(tok) and config["hidden_size"] == 32 and config["num_key_value_heads"] == 1
     with pytest.raises(ValueError, match="even head size"):
         make_tiny_model(tmp_path / "bad", hidden=20, heads=4)
 
 
 def test_describe_model_dir_says_what_the_model_is(tmp_path):
-    from arcttt.model import describe_model_dir
+    from arcttt.modeldir import describe_model_dir
 
     out = make_tiny_model(tmp_path / "m", hidden=32, layers=1, heads=2, intermediate=48)
     # by hand: per layer q 32x32 + k, v 32x16 (one kv head of 16) + o 32x32 + MLP 3 x 32x48 + 2 norms
@@ -104,10 +104,10 @@ def test_describe_model_dir_says_what_the_model_is(tmp_path):
     assert describe_model_dir(out) == (f"{out}: LlamaForCausalLM, 1 layers x 32, 8,800 weights, float32, format "
                                        "compact, random weights from make_tiny_model (solves nothing: checks the "
                                        "mechanics)")
-    (out / formats.META_FILE).unlink()
+    (out / modeldir.META_FILE).unlink()
     assert describe_model_dir(out, "compact").endswith(
         "float32, format compact, no arcttt.json (a published checkpoint, run in its given or detected format)")
-    (out / formats.META_FILE).write_text(json.dumps({"format": "compact", "source": "arcttt finetune",
+    (out / modeldir.META_FILE).write_text(json.dumps({"format": "compact", "source": "arcttt finetune",
                                                      "base_source": "make_tiny_model", "steps": 7,
                                                      "data": ["synthetic:9", "arc-agi-1-train"],
                                                      "excluded": ["arc-agi-1-eval"]}))

@@ -11,8 +11,9 @@ import pytest
 
 from arcttt.cli import main
 from arcttt.data import Pair, load_split
-from arcttt.formats import (FormatError, as_text_tokenizer, build_tokenizer, detect_format, encode, load_tokenizer,
-                            parse_answer, token_map_from_tokenizer)
+from arcttt.formats import detect_format, encode, parse_answer
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
+from arcttt.tokenizer import FormatError, as_text_tokenizer, load_tokenizer
 
 PREPROMPT = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz"
 G = lambda rows: np.array(rows, dtype=np.uint8)  # noqa: E731

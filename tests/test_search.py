@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 
 from arcttt import search
 from arcttt.augment import Augmentation
-from arcttt.formats import answer_ids, encode, parse_answer
+from arcttt.formats import encode, parse_answer
 from arcttt.search import (SearchConfig, SearchStats, dfs, greedy, search_prompts,
                            search_test_input)
 from helpers import TM
 
-SYMBOLS = TM.answer_ids  # digits, newline, end
+SYMBOLS = TM.answer_symbols  # digits, newline, end
 END_ID = TM.end[0]
 OUT_ID = TM.output[0]
 

@@ -18,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arcttt.data import Pair, load_split
-from arcttt.formats import (FormatError, TemplateMap, as_text_tokenizer, build_tokenizer, encode, parse_answer,
-                            token_map_from_tokenizer)
+from arcttt.formats import encode, parse_answer
 from arcttt.gridtext import WRITERS
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
+from arcttt.templates import TemplateMap
+from arcttt.tokenizer import FormatError, as_text_tokenizer
 from helpers import grids
 from test_published_formats import _show  # show-prompt --json, its exit code checked
 
@@ -435,7 +437,7 @@ def test_presets_name_their_formats():
 def test_a_template_models_arcttt_json_is_read_back_and_checked(mit_model_dir, tmp_path):
     """adopt-model records a template format; loading re-derives its ids from the directory's own
     tokenizer and refuses a record that disagrees, naming the piece."""
-    from arcttt.model import model_token_map
+    from arcttt.modeldir import model_token_map
     from arcttt.weights import adopt_model
 
     out = adopt_model(mit_model_dir, tmp_path / "adopted", "mit", copy=True)

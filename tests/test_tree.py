@@ -22,7 +22,7 @@ from arcttt.tree import (END, MAX_ANSWER_TOKENS, NEWLINE, START, DigitGrammar, D
                          digit_allowed, draft_symbols, tree_search)
 
 TM = compact_token_map()
-SYMBOLS = TM.answer_ids  # symbol index -> token id: digits, newline, end
+SYMBOLS = TM.answer_symbols  # symbol index -> token id: digits, newline, end
 SEPARATED = dataclasses.replace(TM, rows="separated")  # rows newline-separated (NVARC): the end closes the last
 
 
@@ -219,7 +219,7 @@ def test_grammar_accepts_exactly_what_parses(example):
 
 
 def test_a_token_maps_grammar():
-    assert TM.grammar() == DigitGrammar(tuple(TM.answer_ids)) and not TM.grammar().separated
+    assert TM.grammar() == DigitGrammar(tuple(TM.answer_symbols)) and not TM.grammar().separated
     assert SEPARATED.grammar().separated and SEPARATED.grammar().max_tokens == MAX_ANSWER_TOKENS == 30 * 31 + 1
     gram = TM.grammar()
     assert gram.is_end(END) and not gram.is_end(NEWLINE) and gram.start == START

@@ -11,7 +11,8 @@ import pytest
 import arcttt.ttt_data as ttt_data
 from arcttt.augment import D8_NAMES, Augmentation, sample_augmentations
 from arcttt.data import Pair
-from arcttt.formats import FORMATS, TOKEN_FORMATS, build_tokenizer, encode, parse_answer, token_map_from_tokenizer
+from arcttt.formats import FORMATS, TOKEN_FORMATS, encode, parse_answer
+from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
 from arcttt.ttt_data import DataConfig, View, max_answer_len, sequence_length_stats, training_sequences
 
 

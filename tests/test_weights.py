@@ -13,8 +13,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 
-from arcttt.formats import (FormatError, build_tokenizer, encode, read_model_meta,  # noqa: E402
-                            token_map_from_tokenizer)
+from arcttt.formats import encode  # noqa: E402
+from arcttt.modeldir import build_tokenizer, read_model_meta, token_map_from_tokenizer  # noqa: E402
+from arcttt.tokenizer import FormatError  # noqa: E402
 from arcttt.weights import WeightsError, kept_token_ids, prepare_weights, shrink_vocab  # noqa: E402
 
 
