@@ -39,6 +39,7 @@ import torch
 
 from arcttt import formats
 from arcttt.backends import backend_of
+from arcttt.errors import first_line
 from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
 
 # All linear layers of a Llama/Qwen/Mistral decoder block.
@@ -514,7 +515,7 @@ def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
             model = PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True, local_files_only=True)
         except Exception as e:  # noqa: BLE001 - the adapter's fault, not the base model's: name the adapter
             raise ModelLoadError(f"adapter {cfg.adapter}: cannot attach it ({type(e).__name__}: "
-                                 f"{str(e)[:300]})") from None
+                                 f"{first_line(e)})") from None
         check_adapter_fits(model, cfg.adapter)  # peft only warns about keys that fit nothing
         return model
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "use_dora") if saved.get(k)]
@@ -549,7 +550,7 @@ def _adapter_weights(adapter: str | Path, read):
     try:
         return read(str(path))
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises what safetensors raises
-        raise ModelLoadError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ModelLoadError(f"{path}: cannot read ({type(e).__name__}: {first_line(e, 200)})") from None
 
 
 def check_adapter_fits(model, adapter: str | Path) -> None:
