@@ -1,7 +1,7 @@
 """arcttt: test-time training for the ARC Prize, packaged for one offline Kaggle notebook.
 
 Stages, one module each, in the order data flows:
-data -> augment -> formats -> ttt_data -> model -> ttt -> search -> select -> budget -> pipeline -> submission,
+data -> augment -> formats -> ttt_data -> model -> ttt -> search -> select -> budget -> solve -> worker -> runner -> submission,
 with score, report, profiling, weights and kaggle beside them and cli on top.
 Importing the package imports no heavy library (torch, transformers, unsloth, bitsandbytes).
 """

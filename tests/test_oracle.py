@@ -16,7 +16,7 @@ from arcttt.budget import TaskDeadlines
 from arcttt.config import load_config
 from arcttt.data import load_split
 from arcttt.formats import FORMATS, TEMPLATE_FORMATS, as_text_tokenizer, build_tokenizer, token_map_from_tokenizer
-from arcttt.pipeline import solve_task
+from arcttt.solve import solve_task
 from oracle import oracle_session, parse_prompt
 
 
