@@ -13,11 +13,12 @@ flows to the next. A task is started only if at least ``min_task_s`` remains bef
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from arcttt.data import Task
+from arcttt.data import Task, shown
 
 Order = Literal["cheap_first", "given", "expensive_first"]
 
@@ -154,3 +155,12 @@ class Budget:
     def hang_limit(self, d: TaskDeadlines) -> float:
         """When a worker still busy with the task is declared hung (never past the deadline)."""
         return min(d.start + self.cfg.hang_factor * d.share_s + self.cfg.hang_grace_s, self.deadline)
+
+
+def check_time_budget(seconds) -> None:
+    """A time budget must be a positive finite number of seconds (None: the preset's); else ValueError."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {shown(seconds)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> None:
     from arcttt.data import DataFileError, one_line
+    from arcttt.errors import first_line
 
     parser = build_parser(commands())
     args = vars(parser.parse_args(argv))
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as e:  # noqa: BLE001 - the Rust panic of a tokenizer is a BaseException
         if type(e).__name__ != "PanicException":
             raise
-        print(f"error: a tokenizer failed (its own code panicked): {one_line(e)[:300]}", file=sys.stderr)
+        print(f"error: a tokenizer failed (its own code panicked): {first_line(one_line(e))}", file=sys.stderr)
         rc = 2
     sys.exit(rc or 0)
 
@@ -269,7 +270,7 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", forma
         resume: Reuse the results already in RUN_DIR that match this run (same task, config and model).
         quiet: No progress bar.
     """
-    from arcttt.pipeline import run as run_pipeline
+    from arcttt.runner import run as run_pipeline
 
     if (message := _budget_fault(time_budget)) is not None:
         return _error(message)
@@ -311,7 +312,7 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthe
         quiet: No progress bar.
     """
     from arcttt.data import SPLITS
-    from arcttt.pipeline import dry_run as run_dry
+    from arcttt.runner import dry_run as run_dry
 
     if split not in SPLITS:
         return _error(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -329,7 +330,7 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthe
 
 
 def _budget_fault(seconds: float | None) -> str | None:
-    from arcttt.pipeline import check_time_budget
+    from arcttt.budget import check_time_budget
 
     try:
         check_time_budget(seconds)
@@ -341,8 +342,9 @@ def _budget_fault(seconds: float | None) -> str | None:
 def _run_command(call, challenges: Path | None, out: Path) -> int:
     """Run ``call`` (a run or a dry run), print its summary, and turn its faults into one line and
     the documented exit code, leaving ``out`` a valid submission where it can be written."""
-    from arcttt.pipeline import RunStopped, RunWriteError, leave_valid_submission
     from arcttt.rundir import RunDirError
+    from arcttt.runner import RunStopped, RunWriteError
+    from arcttt.submission import leave_valid_submission
 
     def left() -> str:
         return leave_valid_submission(challenges, out) if challenges is not None else \

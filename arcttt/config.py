@@ -44,17 +44,11 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     workers: int | None = None
     """Worker processes; None: one per visible GPU, one on CPU."""
-    inject_faults: dict[str, str] = field(default_factory=dict)
-    """For tests only: task id -> "crash", "hang", "raise" or "panic" (a tokenizer's Rust panic), acted out by
-    the worker on that task."""
 
     def __post_init__(self):
         errors = []
         if self.workers is not None and self.workers < 1:
             errors.append(f"workers must be >= 1 (or None: one per GPU), got {self.workers}")
-        bad = {k: v for k, v in self.inject_faults.items() if v not in ("crash", "hang", "raise", "panic")}
-        if bad:
-            errors.append(f"inject_faults values must be crash, hang, raise or panic, got {bad}")
         if errors:
             raise ValueError("; ".join(errors))
 

@@ -47,6 +47,7 @@ from arcttt.augment import D8_NAMES, IDENTITY_COLOURS, Augmentation, random_colo
 from arcttt.causal_lm import load_causal_lm, resolve_dtype
 from arcttt.data import (SPLITS, DataFileError, Pair, Task, load_challenges, load_solutions, load_split, one_line,
                          parse_task, read_json, shown, task_to_json)
+from arcttt.errors import first_line
 from arcttt.formats import Encoded, TokenMap
 from arcttt.model import LoraConfig, attach_lora
 from arcttt.modeldir import model_token_map
@@ -518,7 +519,7 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
                                     options=_state_options(cfg, strict=cfg.mode == "full"))
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises what its reader raises
         raise ValueError(f"{folder / 'model.safetensors'}: cannot restore the weights ({type(e).__name__}: "
-                         f"{str(e)[:200]})") from None
+                         f"{first_line(e, 200)})") from None
     if keys.unexpected_keys:
         raise ValueError(f"{folder}: the checkpoint holds weights the model lacks: {keys.unexpected_keys[:3]}")
     try:  # weights_only: a pickle that needs more than tensors is refused, never run
@@ -526,7 +527,7 @@ def load_checkpoint(folder: Path, model, opt, cfg: FinetuneConfig) -> dict:
         set_optimizer_state_dict(model, opt, optim, options=_state_options(cfg))
     except Exception as e:  # noqa: BLE001 - UnpicklingError, a truncated zip, a state of another optimizer
         raise ValueError(f"{folder / 'optimizer.pt'}: cannot restore the optimizer state ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+                         f"{first_line(e, 200)})") from None
     return state
 
 

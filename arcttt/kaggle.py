@@ -309,35 +309,13 @@ class NotebookSettings:
         return max(30.0, min(wanted, remaining))
 
 
-def write_default_submission(challenges: Path, out: Path) -> None:
-    """The cheap-guess submission for every task of ``challenges`` (see submission.py)."""
-    from arcttt.data import load_challenges
-    from arcttt.submission import SubmissionWriter
+def _ensure_valid(challenges: Path, out: Path) -> bool:
+    """``submission.ensure_valid_submission``, saying so when the file was replaced; True then."""
+    from arcttt.submission import ensure_valid_submission
 
-    SubmissionWriter.for_challenges(out, load_challenges(challenges))
-
-
-def submission_faults(challenges: Path, out: Path) -> list[str]:
-    """Every format fault of ``out`` against ``challenges`` (empty when valid)."""
-    from arcttt.data import DataFileError, load_challenges
-    from arcttt.submission import load_submission, validate_submission
-
-    if not Path(out).is_file():
-        return [f"{out} does not exist"]
-    try:
-        obj = load_submission(out)
-    except DataFileError as e:
-        return [str(e)]
-    return validate_submission(obj, load_challenges(challenges).test_counts())
-
-
-def ensure_valid_submission(challenges: Path, out: Path) -> bool:
-    """Keep ``out`` if it is a valid submission for ``challenges``; else write the defaults.
-    Returns True when the file had to be replaced."""
-    faults = submission_faults(challenges, out)
+    faults = ensure_valid_submission(challenges, out)
     if faults:
-        print(f"submission {out} is not valid ({faults[0]}{' ...' if len(faults) > 1 else ''}): writing defaults")
-        write_default_submission(challenges, out)
+        print(f"submission {out} is not valid ({faults[0]}{' ...' if len(faults) > 1 else ''}): wrote the defaults")
     return bool(faults)
 
 
@@ -394,7 +372,7 @@ def self_check(inputs: KaggleInputs, settings: NotebookSettings, preset: str) ->
     Uses the competition's evaluation files when attached, else the bundled ARC-AGI-2 evaluation
     split; writes ``<working>/selfcheck/`` (submission, score.json, report.html, run files).
     """
-    from arcttt.pipeline import dry_run
+    from arcttt.runner import dry_run
 
     out = settings.working_dir / "selfcheck"
     n = settings.selfcheck_tasks
@@ -448,6 +426,8 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
     except InputsError:
         # Without a model there is nothing to run, but the challenges may still be there.
         with contextlib.suppress(InputsError):
+            from arcttt.submission import write_default_submission
+
             write_default_submission(find_challenges(s.input_root), out)
             print(f"wrote the default submission {out}")
         raise
@@ -471,7 +451,7 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
 
     budget = s.submission_budget(start, time.time())
     print(f"answering {inputs.challenges} with a budget of {budget:.0f} s")
-    from arcttt.pipeline import run
+    from arcttt.runner import run
 
     run_dir = s.working_dir / "arcttt-run"
     try:
@@ -479,7 +459,7 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
         summary["run"] = run(inputs.challenges, inputs.model_dir, out, config=preset, time_budget=budget,
                              run_dir=run_dir, resume=True, overrides=format_overrides(s))
     except Exception as e:
-        ensure_valid_submission(inputs.challenges, out)
+        _ensure_valid(inputs.challenges, out)
         if not s.rerun:
             raise
         # on the rerun a notebook that raises may go unscored: keep the valid file it has written
@@ -487,11 +467,11 @@ def notebook_main(input_root: str | Path | None = None, working_dir: str | Path 
         print(f"RUN FAILED on the rerun: {type(e).__name__}: {e}; keeping the valid {out}")
         summary["run_error"] = f"{type(e).__name__}: {e}"
     except BaseException:
-        ensure_valid_submission(inputs.challenges, out)
+        _ensure_valid(inputs.challenges, out)
         raise
     finally:
         print(_profile(run_dir))
-    summary["replaced_invalid"] = ensure_valid_submission(inputs.challenges, out)
+    summary["replaced_invalid"] = _ensure_valid(inputs.challenges, out)
     summary["seconds"] = time.time() - start
     print(f"submission: {out} (valid), {summary['seconds']:.0f} s since the notebook started")
     return summary

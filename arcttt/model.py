@@ -40,6 +40,7 @@ import torch
 from arcttt import formats
 from arcttt.backends import backend_of
 from arcttt.causal_lm import DTYPES, OFFLINE_KWARGS, load_causal_lm, resolve_dtype
+from arcttt.errors import first_line
 from arcttt.modeldir import (ModelLoadError, build_tokenizer, check_model_dir, prequantized, token_map_from_tokenizer,
                              write_model_meta)
 from arcttt.offline import set_offline_env  # noqa: F401 - callers import it from here too
@@ -367,7 +368,7 @@ def _attach_adapter(model, cfg: ModelConfig, unsloth: bool = False):
             model = PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True, local_files_only=True)
         except Exception as e:  # noqa: BLE001 - the adapter's fault, not the base model's: name the adapter
             raise ModelLoadError(f"adapter {cfg.adapter}: cannot attach it ({type(e).__name__}: "
-                                 f"{str(e)[:300]})") from None
+                                 f"{first_line(e)})") from None
         check_adapter_fits(model, cfg.adapter)  # peft only warns about keys that fit nothing
         return model
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "use_dora") if saved.get(k)]
@@ -402,7 +403,7 @@ def _adapter_weights(adapter: str | Path, read):
     try:
         return read(str(path))
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises what safetensors raises
-        raise ModelLoadError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ModelLoadError(f"{path}: cannot read ({type(e).__name__}: {first_line(e, 200)})") from None
 
 
 def check_adapter_fits(model, adapter: str | Path) -> None:

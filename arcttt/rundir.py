@@ -9,8 +9,10 @@ for a folder that already holds another run's records.
   has no ``flock``, the lock file is created exclusively and a lock whose process no longer exists
   is stale and replaced.
 - :func:`claim`: a folder holding another run's records is reused only when asked (``--resume``:
-  matching records are kept, see ``pipeline.resume``); a dry run may instead replace an earlier dry
+  matching records are kept, see ``runner.resume``); a dry run may instead replace an earlier dry
   run's records (:data:`RUN_FILES`), which is what running the README's dry run twice does.
+- A task's record lives at ``tasks/<records.task_file_name(id)>`` (:func:`result_path`), written
+  atomically (:func:`write_record`); a task that keeps its defaults gets one too (:func:`write_failure`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import contextlib
 import errno
 import json
 import os
+import logging
 import socket
+import time
 from pathlib import Path
+
+from arcttt.data import show_id
+from arcttt.errors import first_line, write_fault
+from arcttt.records import TaskResult, task_file_name
+from arcttt.submission import atomic_write_json
+
+log = logging.getLogger("arcttt.rundir")
 
 LOCK_NAME = ".lock"
 # files a run writes in its folder (besides tasks/); a replaced dry run loses exactly these
@@ -51,6 +62,45 @@ def require_run_dir(path: Path) -> Path:
 def record_files(run_dir: Path) -> list[Path]:
     tasks = Path(run_dir) / "tasks"
     return sorted(tasks.glob("*.json")) if tasks.is_dir() else []
+
+
+def result_path(run_dir: Path, task_id: str) -> Path:
+    """Where a task's record lives in a run folder: ``tasks/<records.task_file_name(id)>``, a name
+    that stays inside ``tasks/`` whatever the id holds."""
+    return Path(run_dir) / "tasks" / task_file_name(task_id)
+
+
+def write_record(run_dir: Path, result: TaskResult) -> None:
+    """Write a task's record into the run folder, atomically (see submission.atomic_write_json)."""
+    atomic_write_json(result_path(run_dir, result.task_id), result.to_json())
+
+
+def failed_result(task_id: str, status: str, error: str, worker: int | None, start: float) -> TaskResult:
+    """The record of a task that keeps its default answers, and why (one line)."""
+    return TaskResult(task_id, status, error=first_line(error), worker=worker, start=start, end=time.time())
+
+
+def write_failure(run_dir: Path, task_id: str, status: str, error: str, worker: int | None, start: float,
+                  writes: list[str] | None = None) -> None:
+    """Record a task that keeps its default answers, and why. A record that cannot be written is
+    logged (and counted in ``writes``) rather than raised: the submission still holds the defaults."""
+    try:
+        write_record(run_dir, failed_result(task_id, status, error, worker, start))
+    except OSError as e:
+        log.error("task %s: %s", show_id(task_id), write_fault(e))
+        if writes is not None:
+            writes.append(write_fault(e))
+
+
+def log_to(path: Path, name: str) -> logging.Handler:
+    """Send arcttt's log records to ``path`` (the run folder's log.txt: appended, every process of
+    the run shares it), each line naming the process ``name``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
+    root = logging.getLogger("arcttt")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
 
 
 def earlier_run(run_dir: Path) -> dict | None:

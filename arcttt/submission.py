@@ -39,8 +39,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from arcttt.data import (Challenges, DataFileError, GridError, Task, grid_to_list, parse_grid, read_json, show_id,
-                         shown)
+from arcttt.data import (Challenges, DataFileError, GridError, Task, grid_to_list, load_challenges, parse_grid,
+                         read_json, show_id, shown)
+from arcttt.errors import write_fault
 
 Fallback = Literal["zeros", "input", "train-outputs"]
 ZERO_GRID: tuple[tuple[int, ...], ...] = ((0,),)
@@ -244,3 +245,46 @@ def _entry_faults(tid: str, entries: Any, n: int) -> list[str]:
                 except GridError as e:
                     faults.append(str(e))
     return faults
+
+
+# --- repair: a valid file after a run that failed or was stopped ---------------------------------
+
+def submission_faults(challenges: Path, out: Path, loaded: Challenges | None = None) -> list[str]:
+    """Every format fault of ``out`` against ``challenges`` (empty when valid); ``loaded``: the
+    challenges already read."""
+    if not Path(out).is_file():
+        return [f"{out} does not exist"]
+    try:
+        obj = load_submission(out)
+    except DataFileError as e:
+        return [str(e)]
+    return validate_submission(obj, (loaded or load_challenges(challenges)).test_counts())
+
+
+def write_default_submission(challenges: Path, out: Path, loaded: Challenges | None = None) -> None:
+    """The cheap-guess submission for every task of ``challenges`` (see :meth:`SubmissionWriter.for_challenges`)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    SubmissionWriter.for_challenges(out, loaded or load_challenges(challenges))
+
+
+def ensure_valid_submission(challenges: Path, out: Path) -> list[str]:
+    """Keep ``out`` if it is a valid submission for ``challenges``; else write the default answers
+    there. Returns the faults that made it replace the file (empty: kept). Raises what reading the
+    challenges or writing the file raises."""
+    loaded = load_challenges(challenges)
+    faults = submission_faults(challenges, out, loaded)
+    if faults:
+        write_default_submission(challenges, out, loaded)
+    return faults
+
+
+def leave_valid_submission(challenges: Path, out: Path) -> str:
+    """:func:`ensure_valid_submission` that never raises: one line saying what ``out`` holds now
+    (or why no file could be written)."""
+    try:
+        return f"{out} holds the default answers" if ensure_valid_submission(challenges, out) else \
+            f"{out} holds a valid submission"
+    except OSError as e:
+        return f"no submission written ({write_fault(e)})"
+    except Exception as e:  # noqa: BLE001 - unreadable challenges and the like: say it, do not mask the first error
+        return f"no submission written ({type(e).__name__}: {shown(str(e))})"

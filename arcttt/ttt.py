@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from arcttt.backends import backend_of
+from arcttt.errors import first_line
 from arcttt.formats import Encoded
 from arcttt.model import ModelSession
 from arcttt.records import TTTResult  # noqa: F401 - the record type train_task returns
@@ -291,7 +292,7 @@ def train_task(session: ModelSession, sequences: list[Encoded], cfg: TTTConfig |
                 _fit(session, batches, cfg, deadline, log, result)
                 break
             except torch.OutOfMemoryError as e:
-                oom = str(e).splitlines()[0][:200] if str(e) else "out of memory"
+                oom = first_line(e, 200) or "out of memory"
             # outside the except block, so that the traceback no longer holds the step's tensors
             _free_memory(session)
             if max(b.input_ids.shape[0] for b in batches) > 1:  # halve the batches first

@@ -19,6 +19,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from arcttt.errors import first_line
 from arcttt.formats import FORMATS, TEMPLATE_FORMATS, TokenMap
 from arcttt.modeldir import (META_FILE, ModelLoadError, check_model_files, read_model_meta, token_map_from_tokenizer,
                              write_model_meta)
@@ -138,7 +139,7 @@ def load_hf_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:  # trust_remote_code=False: a tokenizer_config.json's auto_map is refused, never asked about
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - a bad file raises whatever its parser raises
-        raise WeightsError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {str(e)[:300]})") from None
+        raise WeightsError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _load_source(path: Path) -> PreTrainedModel:
@@ -148,7 +149,7 @@ def _load_source(path: Path) -> PreTrainedModel:
     try:
         return load_causal_lm(path)
     except Exception as e:  # noqa: BLE001 - corrupt weights or config.json raise what their readers raise
-        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {str(e)[:300]})") from None
+        raise WeightsError(f"{path}: cannot load as a causal LM ({type(e).__name__}: {first_line(e)})") from None
 
 
 def kept_token_ids(tm: TokenMap, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -461,11 +462,10 @@ def read_bin_tensors(path: Path) -> dict:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: needs more than tensors to unpickle, refused "
-                           f"(weights_only: {first[:200]})") from None
+                           f"(weights_only: {first_line(e, 200) or type(e).__name__})") from None
     except Exception as e:  # noqa: BLE001 - a file that is not torch weights (text: KeyError) raises anything
-        raise WeightsError(f"{path}: cannot read as torch weights ({type(e).__name__}: {str(e)[:200]})") from None
+        raise WeightsError(f"{path}: cannot read as torch weights ({type(e).__name__}: {first_line(e, 200)})") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
     return obj

@@ -36,7 +36,7 @@ from arcttt.config import load_config
 from arcttt.data import load_split
 from arcttt.formats import encode
 from arcttt.model import load_model
-from arcttt.pipeline import solve_task
+from arcttt.solve import solve_task
 from arcttt.submission import fallback_attempts
 from arcttt.search import SearchConfig, search_session
 from arcttt.synthetic import held_out

@@ -17,7 +17,7 @@ Each row runs with ``preallocate=True`` (:class:`arcttt.kvcache.SlabCache`) and 
 model's own ``DynamicCache``: ``torch.cat`` of every layer at every token). Greedy: best of ``--repeat``.
 
 Part ``forwards``: one test input of a real task (the default config's 8 search views, 8 scoring
-views, the identity among both), searched and scored as ``pipeline._answer_test_input`` does, with
+views, the identity among both), searched and scored as ``solve.answer_test_input`` does, with
 and without :class:`arcttt.kvcache.PromptCaches`: model calls, prefills and prompt tokens prefilled.
 
     OMP_NUM_THREADS=1 python bench/kv_cache.py --prompt 4096 --views 8 --new 32

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from arcttt.pipeline import dry_run
+from arcttt.runner import dry_run
 from arcttt.profiling import load_run, phase_totals, worker_idle
 
 

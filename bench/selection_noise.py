@@ -31,7 +31,7 @@ from test_oracle import TASKS  # noqa: E402
 from arcttt.budget import TaskDeadlines  # noqa: E402
 from arcttt.config import load_config  # noqa: E402
 from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer  # noqa: E402
-from arcttt.pipeline import solve_task  # noqa: E402
+from arcttt.solve import solve_task  # noqa: E402
 from arcttt.tokenizer import as_text_tokenizer  # noqa: E402
 
 

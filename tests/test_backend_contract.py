@@ -17,7 +17,7 @@ import torch
 from arcttt.budget import TaskDeadlines
 from arcttt.config import load_config
 from arcttt.formats import answer_ids
-from arcttt.pipeline import solve_task
+from arcttt.solve import solve_task
 from arcttt.search import dfs
 from arcttt.select import answer_logprobs
 
@@ -123,7 +123,7 @@ class RunsOutOfMemory(torch.nn.Module):
 def test_candidates_survive_an_oom_in_search_and_in_scoring(tiny_session, arc1_eval):
     """Views searched before an OOM keep their candidates; an OOM in scoring ranks them by the
     search alone instead of throwing them away."""
-    from arcttt.pipeline import _answer_test_input, _Phases
+    from arcttt.solve import Phases, answer_test_input
     from arcttt.submission import fallback_attempts
 
     task = arc1_eval[0]
@@ -141,7 +141,7 @@ def test_candidates_survive_an_oom_in_search_and_in_scoring(tiny_session, arc1_e
     session = dataclasses.replace(tiny_session, model=RunsOutOfMemory(tiny_session.model, fail),
                                   snapshot={f"inner.{k}": v for k, v in tiny_session.snapshot.items()})
     now = time.time()
-    out = _answer_test_input(session, task, 0, cfg, fallback_attempts(task)[0], _Phases(),
+    out = answer_test_input(session, task, 0, cfg, fallback_attempts(task)[0], Phases(),
                              search_end=now + 300, select_end=now + 600)
     assert out.search["oom"] and out.search["views"] == 3
     assert out.candidates and "out of memory in scoring" in out.error

@@ -17,7 +17,7 @@ from arcttt.cli import main
 from arcttt.data import export_split, load_challenges
 from arcttt.model import LoraConfig, ModelConfig, load_model
 from arcttt.modeldir import META_FILE, read_model_meta
-from arcttt.pipeline import run
+from arcttt.runner import run
 from arcttt.submission import load_submission, validate_submission
 
 

@@ -180,7 +180,7 @@ def test_the_written_model_runs_through_the_pipeline(pinned_run, tiny_model_dir)
     from arcttt.config import load_config
     from arcttt.model import ModelConfig, LoraConfig, load_model
     from arcttt.modeldir import read_model_meta
-    from arcttt.pipeline import solve_task
+    from arcttt.solve import solve_task
 
     out, _ = pinned_run
     tm, meta = read_model_meta(out)

@@ -9,7 +9,7 @@ precision (hf bf16, hf bnb 4-bit, unsloth 16-bit, unsloth 4-bit):
   crops), views one by one and, on hf, in lock-step: each completion's log-probability equal to
   that of one full forward pass over prompt + completion, without a cache;
 - scoring: ``answer_logprobs`` (a prompt's cache expanded across candidates) equal to full passes;
-- ``pipeline.solve_task`` end to end, with attempts and TTT steps.
+- ``solve.solve_task`` end to end, with attempts and TTT steps.
 
 Skipped without CUDA (``pytest -m gpu``; ``bench/gpu_check.sh`` runs them on a GPU machine). Each
 backend runs in a child interpreter, as in test_unsloth.py (unsloth patches transformers
@@ -66,7 +66,7 @@ def small_qwen3(out: Path) -> Path:
 
 
 def solve_task_figures(record) -> dict:
-    """What the parent checks of ``pipeline.solve_task``'s ``TaskResult``."""
+    """What the parent checks of ``solve.solve_task``'s ``TaskResult``."""
     return {"status": record.status, "error": record.error, "ttt_steps": record.ttt.steps if record.ttt else 0,
             "attempts": [len(t.attempts) for t in record.tests], "test_errors": [t.error for t in record.tests]}
 
@@ -87,7 +87,7 @@ def child(model_dir: str, backend: str, bits: int) -> dict:
     from arcttt.data import load_split
     from arcttt.formats import answer_ids
     from arcttt.model import LoraConfig, ModelConfig, load_model
-    from arcttt.pipeline import solve_task
+    from arcttt.solve import solve_task
     from arcttt.backends import backend_of
     from arcttt.augment import view_augmentations
     from arcttt.forward import inference

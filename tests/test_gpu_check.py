@@ -2,7 +2,7 @@
 
 - ``bench/ttt_speed.py`` on a model in the ``nvarc`` format, whose token map has no BOS;
 - unsloth imported before transformers whenever the backend is unsloth: in ``ttt_speed.py`` and in
-  the pipeline's worker process (``pipeline._worker_main``), else unsloth patches too late;
+  the pipeline's worker process (``worker.worker_main``), else unsloth patches too late;
 - the GPU tests' figures judged by the same function on CPU (``test_gpu.check_figures``).
 
 The whole rehearsal of every step is tests/test_gpu_rehearsal.py.
@@ -96,7 +96,7 @@ def test_ttt_speed_imports_unsloth_first(tmp_path):
 
 @needs_unsloth
 def test_the_pipeline_worker_imports_unsloth_first(tmp_path):
-    """``_worker_main`` in a fresh interpreter, as a spawned worker runs it, on the tiny model: it
+    """``worker.worker_main`` in a fresh interpreter, as a spawned worker runs it, on the tiny model: it
     loads with unsloth (on CPU, its fallback), says ready, and stops when told to."""
     from arcttt.config import load_config
     from arcttt.model import make_tiny_model
@@ -107,12 +107,12 @@ def test_the_pipeline_worker_imports_unsloth_first(tmp_path):
     code = f"""
 import json, multiprocessing as mp
 from pathlib import Path
-from arcttt.pipeline import _worker_main
+from arcttt.worker import worker_main
 
 here, theirs = mp.Pipe()
 here.send(None)  # stop as soon as the model is loaded
 cfg = json.loads(Path({str(tmp_path / 'cfg.json')!r}).read_text())
-_worker_main(0, None, {str(model)!r}, cfg, {str(tmp_path / 'run')!r}, theirs, {{"config": "c", "model": "m"}})
+worker_main(0, None, {str(model)!r}, cfg, {str(tmp_path / 'run')!r}, theirs, {{"config": "c", "model": "m"}})
 msg = here.recv()
 assert msg[0] == "ready", msg
 """

@@ -16,6 +16,7 @@ from packaging.version import Version
 
 from arcttt import kaggle
 from arcttt.kaggle import Gpu, InputsError, NotebookSettings, choose_preset, find_challenges, find_inputs
+from arcttt.submission import submission_faults
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_DIR = REPO / "kaggle"
@@ -386,7 +387,7 @@ def quiet_settings(monkeypatch, root: Path, working: Path) -> NotebookSettings:
 
 
 def submission_is_valid(challenges: Path, working: Path) -> bool:
-    return kaggle.submission_faults(challenges, working / "submission.json") == []
+    return submission_faults(challenges, working / "submission.json") == []
 
 
 def test_notebook_main_without_a_model_writes_defaults_and_raises(tmp_path, monkeypatch):
@@ -405,7 +406,7 @@ def test_notebook_main_without_challenges_raises_clearly(tmp_path, monkeypatch):
 
 
 def test_notebook_main_replaces_a_broken_submission_when_the_run_fails(tmp_path, monkeypatch):
-    import arcttt.pipeline
+    import arcttt.runner
 
     challenges = challenges_tree(tmp_path / "in")
     settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
@@ -414,14 +415,14 @@ def test_notebook_main_replaces_a_broken_submission_when_the_run_fails(tmp_path,
         Path(out).write_text('{"half a file": [')
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(arcttt.pipeline, "run", crashing_run)
+    monkeypatch.setattr(arcttt.runner, "run", crashing_run)
     with pytest.raises(RuntimeError, match="worker died"):
         kaggle.notebook_main(settings=settings)
     assert submission_is_valid(challenges, tmp_path / "work")
 
 
 def test_notebook_main_keeps_a_valid_partial_submission(tmp_path, monkeypatch):
-    import arcttt.pipeline
+    import arcttt.runner
     from arcttt.data import load_challenges
     from arcttt.submission import SubmissionWriter
 
@@ -434,7 +435,7 @@ def test_notebook_main_keeps_a_valid_partial_submission(tmp_path, monkeypatch):
         writer.set(first, [([[7]], [[8]])])
         raise TimeoutError("deadline")
 
-    monkeypatch.setattr(arcttt.pipeline, "run", partial_run)
+    monkeypatch.setattr(arcttt.runner, "run", partial_run)
     with pytest.raises(TimeoutError):
         kaggle.notebook_main(settings=settings, start_time=0.0)
     saved = json.loads((tmp_path / "work" / "submission.json").read_text())
@@ -444,7 +445,7 @@ def test_notebook_main_keeps_a_valid_partial_submission(tmp_path, monkeypatch):
 
 def test_notebook_main_resumes_its_own_run_folder(tmp_path, monkeypatch):
     """A notebook restarted in the same session reuses its run folder (matching results only)."""
-    import arcttt.pipeline
+    import arcttt.runner
     from arcttt.data import load_challenges
     from arcttt.submission import SubmissionWriter
 
@@ -457,7 +458,7 @@ def test_notebook_main_resumes_its_own_run_folder(tmp_path, monkeypatch):
         SubmissionWriter.for_challenges(out, load_challenges(challenges))
         return {}
 
-    monkeypatch.setattr(arcttt.pipeline, "run", fake_run)
+    monkeypatch.setattr(arcttt.runner, "run", fake_run)
     kaggle.notebook_main(settings=settings, start_time=0.0)
     assert seen["resume"] is True and seen["run_dir"] == tmp_path / "work" / "arcttt-run"
 
@@ -476,7 +477,7 @@ def test_subset_tasks_takes_the_first_tasks_with_solutions(tmp_path):
 
 
 def test_notebook_main_on_the_rerun_keeps_the_valid_file_instead_of_raising(tmp_path, monkeypatch, capsys):
-    import arcttt.pipeline
+    import arcttt.runner
 
     challenges = challenges_tree(tmp_path / "in")
     settings = quiet_settings(monkeypatch, tmp_path / "in", tmp_path / "work")
@@ -486,7 +487,7 @@ def test_notebook_main_on_the_rerun_keeps_the_valid_file_instead_of_raising(tmp_
         Path(out).write_text('{"half a file": [')
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(arcttt.pipeline, "run", crashing_run)
+    monkeypatch.setattr(arcttt.runner, "run", crashing_run)
     summary = kaggle.notebook_main(settings=settings, start_time=0.0)  # no exception on the rerun
     assert "worker died" in summary["run_error"] and "RUN FAILED" in capsys.readouterr().out
     assert submission_is_valid(challenges, tmp_path / "work")

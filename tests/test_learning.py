@@ -15,7 +15,7 @@ import torch
 from arcttt.budget import TaskDeadlines
 from arcttt.config import load_config
 from arcttt.model import SHIPPED_MODEL, load_model
-from arcttt.pipeline import solve_task
+from arcttt.solve import solve_task
 from arcttt.synthetic import held_out
 
 pytestmark = [pytest.mark.slow,

@@ -17,7 +17,7 @@ from arcttt.config import load_config
 from arcttt.data import load_split
 from arcttt.formats import FORMATS, TEMPLATE_FORMATS
 from arcttt.modeldir import build_tokenizer, token_map_from_tokenizer
-from arcttt.pipeline import solve_task
+from arcttt.solve import solve_task
 from arcttt.tokenizer import as_text_tokenizer
 from oracle import oracle_session, parse_prompt
 

@@ -17,8 +17,9 @@ import pytest
 
 from arcttt.cli import main
 from arcttt.data import export_split, load_challenges
+from arcttt.faults import FAULTS_ENV
 from arcttt.model import ModelLoadError
-from arcttt.pipeline import run
+from arcttt.runner import run
 from arcttt.submission import load_submission, validate_submission
 
 # fast settings for the tiny model: little TTT, short hang limits
@@ -52,7 +53,7 @@ def subset(challenges: Path, n: int, path: Path) -> Path:
     return path
 
 
-def test_two_workers_and_faults(tiny_model_dir, eval_files, tmp_path):
+def test_two_workers_and_faults(tiny_model_dir, eval_files, tmp_path, monkeypatch):
     """8 tasks, 2 workers, a budget far beyond what they need and a hang limit far beyond a task's
     share (so no outcome depends on how fast this machine is): one task crashes its worker
     (replaced; the task retried once on the other worker, then recorded), one raises (recorded, the
@@ -60,12 +61,12 @@ def test_two_workers_and_faults(tiny_model_dir, eval_files, tmp_path):
     work is done, the submission is valid."""
     challenges = subset(eval_files[0], 8, tmp_path / "eight.json")
     ids = load_challenges(challenges).ids
-    faults = {ids[0]: "crash", ids[1]: "raise"}
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({ids[0]: "crash", ids[1]: "raise"}))  # the workers' test hook
     out = tmp_path / "submission.json"
     # each task stops at its own 4 s share; a hang limit far beyond it: no task is cut by the dispatcher
     summary = run(challenges, tiny_model_dir, out, config="cpu-smoke", time_budget=1200, workers=2,
                   run_dir=tmp_path / "run", progress=False,
-                  overrides=[*FAST, "budget.max_task_s=4", "budget.hang_grace_s=300", f"inject_faults={faults!r}"])
+                  overrides=[*FAST, "budget.max_task_s=4", "budget.hang_grace_s=300"])
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["workers"] == 2 and summary["margin_s"] > 0 and summary["unstarted"] == 0
     assert (summary["answered"], summary["failed"]) == (6, 2)
@@ -84,17 +85,17 @@ def test_two_workers_and_faults(tiny_model_dir, eval_files, tmp_path):
     assert ids[1] in log
 
 
-def test_a_worker_past_its_hang_limit_is_killed_and_replaced(tiny_model_dir, eval_files, tmp_path):
+def test_a_worker_past_its_hang_limit_is_killed_and_replaced(tiny_model_dir, eval_files, tmp_path, monkeypatch):
     """The hang limit set to the task's start (hang_factor 0, no grace), so it is already past when
     the main process first looks: the hanging worker is killed and replaced, the task retried once
     on the fresh worker, then recorded as a timeout; the submission keeps the task's default."""
     challenges = subset(eval_files[0], 1, tmp_path / "one.json")
     (tid,) = load_challenges(challenges).ids
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({tid: "hang"}))
     out = tmp_path / "submission.json"
     summary = run(challenges, tiny_model_dir, out, config="cpu-smoke", time_budget=1200, workers=1,
                   run_dir=tmp_path / "run", progress=False,
-                  overrides=[*FAST, "budget.hang_factor=0", "budget.hang_grace_s=0",
-                             f"inject_faults={{{tid!r}: 'hang'}}"])
+                  overrides=[*FAST, "budget.hang_factor=0", "budget.hang_grace_s=0"])
     assert (summary["answered"], summary["failed"], summary["margin_s"] > 0) == (0, 1, True)
     record = results(tmp_path / "run")[tid]
     assert record["status"] == "timeout" and record["error"] == "worker hung: no result 0 s after start"
@@ -385,7 +386,7 @@ def test_each_worker_compiles_unsloth_into_its_own_folder(tiny_model_dir, tmp_pa
     import os
     import threading
 
-    from arcttt import pipeline
+    from arcttt import worker
     from arcttt.config import load_config
 
     class StopAtOnce:  # the main process's end of the pipe: "stop" as the first message
@@ -407,8 +408,8 @@ def test_each_worker_compiles_unsloth_into_its_own_folder(tiny_model_dir, tmp_pa
         for wid in (0, 1):
             monkeypatch.setenv("UNSLOTH_COMPILE_LOCATION", str(tmp_path / "ucc"))
             conn = StopAtOnce()
-            pipeline._worker_main(wid, None, str(tiny_model_dir), load_config("cpu-smoke").to_json(), str(tmp_path),
-                                  conn, threading.Lock())
+            worker.worker_main(wid, None, str(tiny_model_dir), load_config("cpu-smoke").to_json(), str(tmp_path),
+                               conn, threading.Lock())
             assert conn.sent == [("ready", wid, None)]
             seen.append(os.environ["UNSLOTH_COMPILE_LOCATION"])
     finally:

@@ -15,9 +15,9 @@ import pytest
 from helpers import HOSTILE_IDS, run_cli
 
 from arcttt.data import load_challenges
-from arcttt.pipeline import RunWriteError, _stop, _Worker, run, worker_count
 from arcttt.records import TaskResult, task_file_name
 from arcttt.rundir import RunDirError, RunLock, claim, require_run_dir
+from arcttt.runner import RunWriteError, _stop, _Worker, run, worker_count
 from arcttt.submission import load_submission, validate_submission
 
 BAD_TASK = {"train": [{"input": [[1, 12]], "output": [[1]]}], "test": [{"input": [[1]]}]}  # 12 is no colour
@@ -277,22 +277,26 @@ def test_full_disk(tmp_path, capsys, monkeypatch):
     assert code == 3 and err.count("\n") == 1 and "No space left on device" in err and str(out) in err
     monkeypatch.undo()
 
-    import arcttt.pipeline as pipeline
+    import arcttt.rundir
+    import arcttt.runner
 
-    real = pipeline.atomic_write_json
+    real = arcttt.runner.atomic_write_json
+    writers = (arcttt.rundir, arcttt.runner)  # records (rundir.write_record), and the run's own files
 
     def records_fail(path, obj):
         if Path(path).parent.name == "tasks":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, obj)
 
-    monkeypatch.setattr(pipeline, "atomic_write_json", records_fail)
+    for module in writers:
+        monkeypatch.setattr(module, "atomic_write_json", records_fail)
     code, _, err = run_cli(["run", "--challenges", str(chal), "--model", str(tmp_path), "--out", str(out),
                         "--run-dir", str(tmp_path / "run2"), "--quiet", "--config", "cpu-smoke"], capsys)
     assert code == 3 and "1 writes failed" in err and "No space left on device" in err
     assert validate_submission(load_submission(out), {"a": 1}) == []
     with pytest.raises(RunWriteError):
-        monkeypatch.setattr(pipeline, "atomic_write_json", lambda p, o: records_fail(Path(p).parent / "tasks" / "x", o))
+        for module in writers:
+            monkeypatch.setattr(module, "atomic_write_json", lambda p, o: records_fail(Path(p).parent / "tasks" / "x", o))
         run(chal, tmp_path, out, run_dir=tmp_path / "run3", config="cpu-smoke", progress=False)
 
 

@@ -1,12 +1,12 @@
-"""The time-budgeted run: for each task, TTT data -> reset + train LoRA -> search -> select -> record.
+"""The time-budgeted run: hand every task to a worker process before the deadline, merge the answers.
 
 Layout of work:
 - the main process loads the challenges, writes a default submission at once (valid from the first
   second), orders the tasks, and hands them out; it holds no model and no CUDA context;
-- one worker process per visible GPU (``CUDA_VISIBLE_DEVICES`` set to its own GPU before torch is
-  imported) loads the model once, under a lock so that unsloth's imports and patching never race,
-  then asks for work: when a worker is idle the main process gives it the next task with deadlines
-  computed at that moment (``budget.Budget``), so each task's share reflects the time really left;
+- one worker process per visible GPU (``worker.py``: ``CUDA_VISIBLE_DEVICES`` set to its own GPU
+  before torch is imported) loads the model once, then asks for work: when a worker is idle the main
+  process gives it the next task with deadlines computed at that moment (``budget.Budget``), so each
+  task's share reflects the time really left;
 - a worker writes each finished task's result to ``RUN_DIR/tasks/<id>.json`` itself (atomically),
   then tells the main process, which merges it into ``submission.json`` (rewritten atomically);
 - a worker that dies, or is still on a task past its hang limit, is killed and replaced; its task is
@@ -23,33 +23,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import threading
 import time
-import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arcttt.budget import Budget, TaskDeadlines, expected_cost, order_tasks
-from arcttt.data import Challenges, Task, grid_to_list, load_challenges, log_rejected, show_id, shown
+from arcttt.budget import Budget, TaskDeadlines, check_time_budget, expected_cost, order_tasks
+from arcttt.data import Challenges, Task, load_challenges, log_rejected, show_id, shown
+from arcttt.errors import write_fault
 from arcttt.hardware import visible_gpus
-from arcttt.records import (SCHEMA_VERSION, Phase, TaskResult, TestResult, TTTResult, config_hash, model_hash,
-                            task_file_name, task_hash)
-from arcttt.rundir import RunLock, claim, record_files
-from arcttt.submission import SubmissionError, SubmissionWriter, atomic_write_json, load_submission, validate_submission
+from arcttt.records import SCHEMA_VERSION, TaskResult, config_hash, model_hash, task_file_name, task_hash
+from arcttt.rundir import RunLock, claim, log_to, record_files, result_path, write_failure
+from arcttt.submission import SubmissionError, SubmissionWriter, atomic_write_json, load_submission
+from arcttt.worker import LOAD_LOCK, worker_main
 
-log = logging.getLogger("arcttt.pipeline")
+log = logging.getLogger("arcttt.runner")
 
-# errors after which a CUDA context stays broken: the worker exits and a fresh process replaces it
-FATAL_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error")
-LOAD_LOCK_TIMEOUT_S = 600.0
 STOP_RESERVE_S = 2.0  # the dispatch loop ends this long before the deadline, to shut workers down
-LOAD_LOCK = ".load.lock"  # in the run folder: one model load at a time (a file lock dies with its holder)
 
 
 class RunStopped(BaseException):
@@ -66,312 +61,10 @@ class RunWriteError(Exception):
     """The run could not write a file it needs (run folder, submission, record); names the path."""
 
 
-def write_fault(e: OSError) -> str:
-    """An OSError as one line naming the path: ``cannot write X: No space left on device``."""
-    name = e.filename2 or e.filename  # os.replace(tmp, path) names the target second
-    where = f" {name}" if name else ""
-    return f"cannot write{where}: {e.strerror or type(e).__name__}"
-
-
-def check_time_budget(seconds) -> None:
-    """A time budget must be a positive finite number of seconds (None: the preset's); else ValueError."""
-    if seconds is None:
-        return
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-            or seconds <= 0:
-        raise ValueError(f"--time-budget must be a positive number of seconds, got {shown(seconds)}")
-
-
-# --- one task ------------------------------------------------------------------------------------
-
-class _Phases:
-    """Times the phases of one task: ``with phases("ttt"): ...`` appends a Phase when it ends (or
-    fails), so a phase is recorded with its real end."""
-
-    def __init__(self):
-        self.rows: list[Phase] = []
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.rows.append(Phase(name, start, time.time()))
-
-
-def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> TaskResult:
-    """Run one task end to end on a loaded model; returns its record (see records.py)."""
-    import torch
-
-    from arcttt.submission import fallback_attempts
-    from arcttt.ttt import train_task
-    from arcttt.ttt_data import training_sequences
-
-    phase = _Phases()
-    result = TaskResult(task.id, "ok", worker=worker, start=time.time(), deadlines=d.to_json(), phases=phase.rows,
-                        task_hash=task_hash(task))
-    with phase("data"):
-        data = training_sequences(task, session.token_map, cfg.data)
-    session.reset()  # the LoRA of the previous task, back to its initial state
-    result.ttt = TTTResult(skipped=data.skipped, sequences=len(data.sequences))
-    if data.sequences:
-        with phase("ttt"):
-            trained = train_task(session, data.sequences, cfg.ttt, deadline=d.ttt)
-        trained.sequences, trained.skipped = len(data.sequences), trained.skipped or data.skipped
-        result.ttt = trained
-
-    defaults = fallback_attempts(task)
-    # after TTT, each test input gets an equal part of what is left, split between search and
-    # selection in the budget's proportions (so one input's selection cannot eat the next one's search)
-    search_part = cfg.budget.search_frac / (1.0 - cfg.budget.ttt_frac)
-    for i in range(task.n_test):
-        start = time.time()
-        window = max(0.0, d.end - start) / (task.n_test - i)
-        test = TestResult(attempts=[grid_to_list(g) for g in defaults[i]])
-        try:
-            test = _answer_test_input(session, task, i, cfg, defaults[i], phase,
-                                      search_end=start + window * search_part, select_end=start + window)
-        except torch.OutOfMemoryError as e:  # this input keeps its cheap guesses; the others go on
-            torch.cuda.empty_cache()
-            test.error = f"out of memory: {_first_line(e)}"
-            log.warning("task %s test %d: %s", show_id(task.id), i, test.error)
-        result.tests.append(test)
-    result.end = time.time()
-    return result
-
-
-def _answer_test_input(session, task: Task, i: int, cfg, defaults, phase: _Phases, *,
-                       search_end: float, select_end: float) -> TestResult:
-    """Search, score and choose the two attempts for test input ``i``."""
-    import torch
-
-    from arcttt.augment import view_augmentations
-    from arcttt.kvcache import PromptCaches
-    from arcttt.search import SearchStats, search_session
-    from arcttt.select import choose_attempts, score_session
-    from arcttt.ttt_data import answer_room, test_prompts
-
-    tm = session.token_map
-    room = answer_room(task, i, tm) if cfg.data.answer_room == "evidence" else None
-    stats = SearchStats()
-    with phase("search"):
-        augs = view_augmentations(task, i, cfg.select.n_views, keep_background=cfg.select.keep_background,
-                                  seed=cfg.select.seed)
-        score_views = test_prompts(task, i, tm, augs, cfg.data.max_len, room)
-        # the search keeps the prompt caches of the scoring's prompts it prefills (the identity view's)
-        keep = PromptCaches([v.prompt for v in score_views[:cfg.select.n_views]], cfg.select.max_cache_bytes)
-        augs = view_augmentations(task, i, cfg.search.n_augmentations, keep_background=cfg.search.keep_background,
-                                  seed=cfg.search.seed)
-        views = test_prompts(task, i, tm, augs, cfg.data.max_len, room)
-        candidates = search_session(session, task, i, views, cfg.search, deadline=search_end, stats=stats, keep=keep)
-    select_error = None
-    with phase("select"):
-        try:
-            scored = score_session(session, task, i, candidates, score_views, cfg.select, deadline=select_end,
-                                   prompt_caches=keep)
-        except torch.OutOfMemoryError as e:
-            # the search's candidates survive: ranked by their hits and search logprob, no views scored
-            keep.clear()
-            torch.cuda.empty_cache()
-            select_error = f"out of memory in scoring: {_first_line(e)}"
-            log.warning("task %s test %d: %s; ranking by the search alone", task.id, i, select_error)
-            scored = score_session(session, task, i, candidates, [], cfg.select, deadline=select_end)
-        attempts = choose_attempts(scored, *defaults)  # the cheap guesses fill in
-    return TestResult(attempts=[grid_to_list(a) for a in attempts],
-                      candidates=[c.to_json() for c in scored[:cfg.select.keep_candidates]],
-                      search={"views": stats.views, "forwards": stats.forwards, "completions": stats.completions,
-                              "timed_out": stats.timed_out, "oom": stats.oom},
-                      error=select_error)
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    """An exception's first line, cut at ``limit`` characters (CUDA's OOM message runs on for lines)."""
-    text = str(error)
-    return text.splitlines()[0][:limit] if text else ""
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """An error for a record or a message: its first line, cut at ``limit`` characters (with the size)."""
-    lines = str(text).strip().splitlines() or [""]
-    first = lines[0]
-    if len(first) > limit or len(lines) > 1:
-        first = f"{first[:limit]}... ({len(str(text)):,} chars)"
-    return first
-
-
-def failed_result(task_id: str, status: str, error: str, worker: int | None, start: float) -> TaskResult:
-    return TaskResult(task_id, status, error=one_line(error), worker=worker, start=start, end=time.time())
-
-
-def result_path(run_dir: Path, task_id: str) -> Path:
-    """Where a task's record lives in a run folder: ``tasks/<records.task_file_name(id)>``, a name
-    that stays inside ``tasks/`` whatever the id holds."""
-    return Path(run_dir) / "tasks" / task_file_name(task_id)
-
-
-def write_record(run_dir: Path, result: TaskResult) -> None:
-    atomic_write_json(result_path(run_dir, result.task_id), result.to_json())
-
-
-def write_failure(run_dir: Path, task_id: str, status: str, error: str, worker: int | None, start: float,
-                  writes: list[str] | None = None) -> None:
-    """Record a task that keeps its default answers, and why. A record that cannot be written is
-    logged (and counted in ``writes``) rather than raised: the submission still holds the defaults."""
-    try:
-        write_record(run_dir, failed_result(task_id, status, error, worker, start))
-    except OSError as e:
-        log.error("task %s: %s", show_id(task_id), write_fault(e))
-        if writes is not None:
-            writes.append(write_fault(e))
-
-
-# --- worker process ------------------------------------------------------------------------------
-
-def _worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_dir: str, conn,
-                 hashes: dict) -> None:
-    """A worker process: load the model once, then answer tasks sent over ``conn`` until told to stop.
-
-    Messages go over the worker's own pipe (not a queue shared by all workers): a worker killed in
-    the middle of a message can then corrupt only its own channel, which dies with it. The main
-    process alone handles SIGINT (a Ctrl-C reaches the whole process group) and stops the workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_signal)  # exit through Python: its semaphores are cleaned up
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())  # progress bars (model loading) without a multiprocessing semaphore
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from arcttt.model import import_unsloth_first, load_model
-    from arcttt.offline import set_offline_env
-
-    set_offline_env()  # before transformers or unsloth is first imported
-    os.environ["UNSLOTH_COMPILE_LOCATION"] += f"-worker{wid}"  # workers importing unsloth at once race on one folder
-    _log_to(Path(run_dir) / "log.txt", f"worker{wid}")
-    log.info("worker %d: pid %d", wid, os.getpid())
-    # one load at a time (unsloth's imports and patching race); a file lock dies with its holder, so
-    # a worker killed while loading blocks no one (and leaves no semaphore behind)
-    with _file_lock(Path(run_dir) / LOAD_LOCK, LOAD_LOCK_TIMEOUT_S):
-        try:
-            import_unsloth_first(cfg_json["model"]["backend"])  # before arcttt.config imports transformers
-            from arcttt.config import config_from_json
-
-            cfg = config_from_json(cfg_json)
-            session = load_model(model_dir, cfg.model)
-        except Exception as e:  # reported to the main process, which decides what to do
-            log.error("worker %d: model failed to load: %s", wid, shown(str(e), 300))
-            _send(conn, ("load_failed", wid, one_line(f"{type(e).__name__}: {e}")))
-            return
-    if not _send(conn, ("ready", wid, None)):
-        return
-    parent = mp.parent_process()
-    while True:
-        if not conn.poll(1.0):
-            if parent is not None and not parent.is_alive():
-                return  # the main process was killed: stop rather than linger
-            continue
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        task, deadlines = msg
-        start = time.time()
-        if not _send(conn, ("start", wid, task.id)):
-            return
-        try:
-            _act_out_fault(cfg.inject_faults.get(task.id))
-            result = solve_task(session, task, cfg, deadlines, wid)
-        except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
-            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-                raise  # SystemExit from the SIGTERM handler, KeyboardInterrupt
-            # the task fails; the worker and its loaded model go on (a crash would reload it per task)
-            log.error("task %s failed on worker %d: %s\n%s", show_id(task.id), wid, shown(str(e), 300),
-                      traceback.format_exc())
-            result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
-        result.task_hash, result.config_hash, result.model_hash = task_hash(task), hashes["config"], hashes["model"]
-        try:
-            write_record(Path(run_dir), result)
-        except OSError as e:  # the disk is full or gone: the task keeps its default, the main process says so
-            log.error("task %s: %s", show_id(task.id), write_fault(e))
-            if not _send(conn, ("write_failed", wid, (task.id, write_fault(e)))):
-                return
-            continue
-        if not _send(conn, ("done", wid, task.id)):
-            return
-        if result.status == "error" and any(s in result.error for s in FATAL_ERRORS):
-            log.error("worker %d: the GPU is unusable after %s; exiting so that a fresh worker replaces it",
-                      wid, result.error)
-            os._exit(1)
-
-
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def _send(conn, msg) -> bool:
-    """Send to the main process; False (no traceback) when it is gone."""
-    try:
-        conn.send(msg)
-        return True
-    except (OSError, EOFError):
-        return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout: float):
-    """Hold an exclusive ``flock`` on ``path`` for the block, waiting up to ``timeout`` seconds; a
-    lock not had by then is given up on (its holder is presumed stuck) and the block runs anyway."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > end:
-                    log.warning("model load lock %s still held after %.0f s; loading anyway", path, timeout)
-                    break
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _act_out_fault(fault: str | None) -> None:
-    if fault == "crash":
-        os._exit(3)
-    if fault == "hang":
-        while True:
-            time.sleep(3600)
-    if fault == "raise":
-        raise RuntimeError("injected fault")
-    if fault == "panic":  # a real one: a pre-tokenizer regex past Oniguruma's retry limit
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-
-        tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.Split(Regex("((a+)+)+c"), behavior="isolated")
-        tok.encode("a" * 30000 + "!")
-
-
-def _log_to(path: Path, name: str) -> logging.Handler:
-    """Send arcttt's log records to ``path`` (appending; every process of the run shares it)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
-    root = logging.getLogger("arcttt")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return handler
-
-
-# --- the main process ----------------------------------------------------------------------------
-
 @dataclass
 class _Worker:
+    """A worker process as the main process sees it."""
+
     wid: int
     gpu: int | None
     proc: mp.Process
@@ -455,23 +148,6 @@ def worker_count(requested: int | None, gpus: int, tasks: int, cpus: int | None)
     return cap, [f"workers: {n} asked, {cap} started ({tasks} tasks to do, {cpus} CPUs)"]
 
 
-def leave_valid_submission(challenges: Path, out: Path) -> str:
-    """After a run that failed or was stopped: keep ``out`` if it is a valid submission for
-    ``challenges``, else write the default answers there. Returns one line saying which (or why
-    neither could be done)."""
-    try:
-        loaded = load_challenges(challenges)
-        counts = loaded.test_counts()
-        if Path(out).is_file() and not validate_submission(load_submission(out), counts):
-            return f"{out} holds a valid submission"
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        SubmissionWriter.for_challenges(out, loaded)
-        return f"{out} holds the default answers"
-    except OSError as e:
-        return f"no submission written ({write_fault(e)})"
-    except Exception as e:  # noqa: BLE001 - unreadable challenges and the like: say it, do not mask the first error
-        return f"no submission written ({type(e).__name__}: {shown(str(e))})"
-
 
 def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto",
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
@@ -512,7 +188,7 @@ def _run_claimed(challenges: Path, model: Path, out: Path, run_dir: Path, start:
     loaded: Challenges = load_challenges(challenges)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = SubmissionWriter.for_challenges(out, loaded)  # valid from here on
-    handler = _log_to(run_dir / "log.txt", "main")
+    handler = log_to(run_dir / "log.txt", "main")
     try:
         if lock.stale:
             log.warning("took over the lock of process %s, which no longer holds it", lock.stale.get("pid"))
@@ -585,13 +261,16 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg_json: dict, hashes: dict, mo
               gpus: list[int], n_workers: int, summary: dict, progress: bool) -> None:
     from tqdm import tqdm
 
+    from arcttt.faults import faults_from_env
+
+    faults_from_env()  # the tests' fault hook, when set, is checked here once (not in every worker)
     ctx = mp.get_context("spawn")  # fresh interpreters: each worker imports torch for its own GPU
     min_task_s = cfg_json["budget"]["min_task_s"]
 
     def start_worker(wid: int) -> _Worker:
         gpu = gpus[wid % len(gpus)] if gpus else None
         conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, name=f"arcttt-worker{wid}", daemon=True,
+        proc = ctx.Process(target=worker_main, name=f"arcttt-worker{wid}", daemon=True,
                            args=(wid, gpu, str(model), cfg_json, str(run_dir), child_conn, hashes))
         proc.start()
         child_conn.close()  # so that a dead worker reads as EOF here, not as silence
