@@ -356,6 +356,10 @@ def _shard_fault(shard: str | None) -> str | None:
 def _engine(name: str, address: str | None):
     """The engine object ``pipeline.run`` takes (None: the local worker processes)."""
     if name == "local":
+        if address is not None:
+            from arcttt.config import ConfigError
+
+            raise ConfigError("--ray-address needs --engine ray")
         return None
     from arcttt.ray_engine import RayEngine
 

@@ -235,3 +235,9 @@ def test_a_task_of_other_content_is_refused(shard_runs, tmp_path):
     changed.write_text(json.dumps(chal))
     with pytest.raises(MergeError, match="answered for other content"):
         merge_runs(shard_runs["parts"], changed, tmp_path / "s.json")
+
+
+def test_a_ray_address_without_the_ray_engine_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(["run", "--challenges", tmp_path / "c.json", "--model", tmp_path, "--out",
+                            tmp_path / "s.json", "--ray-address", "auto"], capsys)
+    assert (code, err) == (2, "error: --ray-address needs --engine ray\n")
