@@ -235,7 +235,9 @@ class _Driver:
         if not calls:
             time.sleep(timeout)
             return
-        done, _ = self.ray.wait(list(calls), num_returns=len(calls), timeout=timeout)
+        done, rest = self.ray.wait(list(calls), num_returns=1, timeout=timeout)  # the first that ends
+        if done and rest:  # and any other already ended, without waiting
+            done += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in done:
             a = calls[ref]
             a.ref = None
