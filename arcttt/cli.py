@@ -73,6 +73,8 @@ def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, tp,
     kwargs: dict = {"help": help_text}
     if typing.get_origin(tp) is typing.Literal:
         kwargs["choices"] = typing.get_args(tp)
+    elif typing.get_origin(tp) is list and param.kind is not inspect.Parameter.KEYWORD_ONLY:
+        kwargs.update(nargs="+", type=typing.get_args(tp)[0])  # a positional list: one or more values
     elif typing.get_origin(tp) is list:
         kwargs.update(action="append", type=typing.get_args(tp)[0])
     elif tp is bool:
@@ -116,6 +118,7 @@ def commands() -> dict:
         "data": {"export": data_export, "stats": data_stats},
         "run": run,
         "dry-run": dry_run,
+        "merge": merge,
         "validate": validate,
         "score": score,
         "report": report,
@@ -244,7 +247,8 @@ def score(submission: Path, *, solutions: Path, json: bool = False) -> int:
 
 def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", format: str | None = None,
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
-        set: list[str] | None = None, resume: bool = False, quiet: bool = False) -> int:
+        set: list[str] | None = None, resume: bool = False, quiet: bool = False, shard: str | None = None,
+        engine: typing.Literal["local", "ray"] = "local", ray_address: str | None = None) -> int:
     """Answer every task of a challenges file before the deadline and write submission.json.
 
     The submission is valid from the first second (default answers) and rewritten atomically as
@@ -269,20 +273,28 @@ def run(*, challenges: Path, model: Path, out: Path, config: str = "auto", forma
         set: Override one config field, e.g. --set ttt.lr=5e-5 --set search.n_augmentations=16.
         resume: Reuse the results already in RUN_DIR that match this run (same task, config and model).
         quiet: No progress bar.
+        shard: K/N: answer only shard K of N (a stable split by task id), e.g. one per node of a Slurm
+            array; join the N run folders with `arcttt merge`.
+        engine: local (worker processes on this machine's GPUs) or ray (one worker actor per GPU of a
+            Ray cluster, --workers actors on CPU; needs `pip install arcttt[ray]`).
+        ray_address: The Ray cluster to join (e.g. auto, or ray://HEAD:10001; default: RAY_ADDRESS, else
+            a local Ray instance started for the run).
     """
     from arcttt.runner import run as run_pipeline
 
-    if (message := _budget_fault(time_budget)) is not None:
+    if (message := _budget_fault(time_budget) or _shard_fault(shard)) is not None:
         return _error(message)
     return _run_command(lambda: run_pipeline(challenges, model, out, config=config, time_budget=time_budget,
                                              workers=workers, run_dir=run_dir, overrides=_with_format(set, format),
-                                             progress=not quiet, resume=resume), challenges, Path(out))
+                                             progress=not quiet, resume=resume, shard=shard,
+                                             engine=_engine(engine, ray_address)), challenges, Path(out))
 
 
 def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthetic: int = 8,
             model: Path | None = None, format: str | None = None, time_budget: float | None = None,
             config: str | None = None, workers: int | None = None, set: list[str] | None = None,
-            resume: bool = False, quiet: bool = False) -> int:
+            resume: bool = False, quiet: bool = False, engine: typing.Literal["local", "ray"] = "local",
+            ray_address: str | None = None) -> int:
     """Run on bundled tasks with known solutions, then score and report.
 
     Exports the first TASKS tasks of a bundled split and SYNTHETIC held-out synthetic tasks (half of
@@ -310,6 +322,8 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthe
         set: Override one config field, e.g. --set ttt.steps=16.
         resume: Reuse the earlier dry run's results in OUT that match instead of replacing them.
         quiet: No progress bar.
+        engine: local or ray (see run).
+        ray_address: The Ray cluster to join (see run).
     """
     from arcttt.data import SPLITS
     from arcttt.runner import dry_run as run_dry
@@ -324,9 +338,69 @@ def dry_run(*, out: Path, split: str = "arc-agi-2-eval", tasks: int = 10, synthe
         return _error(message)
     rc = _run_command(lambda: run_dry(out, split=split, tasks=tasks, model=model, time_budget=time_budget,
                                       config=config, workers=workers, overrides=_with_format(set, format),
-                                      progress=not quiet, resume=resume, synthetic=synthetic), None,
+                                      progress=not quiet, resume=resume, synthetic=synthetic,
+                                      engine=_engine(engine, ray_address)), None,
                       Path(out) / "submission.json")
     return rc
+
+
+def _shard_fault(shard: str | None) -> str | None:
+    from arcttt.shards import parse_shard
+
+    try:
+        parse_shard(shard)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _engine(name: str, address: str | None):
+    """The engine object ``runner.run`` takes (None: the local worker processes)."""
+    if name == "local":
+        if address is not None:
+            from arcttt.config import ConfigError
+
+            raise ConfigError("--ray-address needs --engine ray")
+        return None
+    from arcttt.ray_engine import RayEngine
+
+    return RayEngine(address)
+
+
+def merge(run_dirs: list[Path], *, challenges: Path, out: Path, solutions: Path | None = None,
+          run_dir: Path | None = None) -> int:
+    """Join the run folders of one run split into shards (`arcttt run --shard K/N`) into one
+    submission and one run folder, with a score when --solutions is given.
+
+    Refused (exit 2, one line naming the folders) when the folders are not parts of one run: other
+    configurations or models (their hashes), a record of a task not in CHALLENGES or of other
+    content, or a task covered by two folders (overlapping shards). Tasks no folder covers keep the
+    default answers, and a note says so (exit 0). The merged folder holds every record, run.json,
+    submission.json, summary.json, report.html (and score.json), for `report` and `profile`.
+
+    Args:
+        run_dirs: The shards' run folders.
+        challenges: The challenges file every shard answered part of.
+        out: Where to write the merged submission.json.
+        solutions: A solutions file: score the merged submission (score.json, and in the report).
+        run_dir: The merged run folder (default: OUT's folder/arcttt-merged; an earlier merge there is replaced).
+    """
+    from arcttt.merge import MergeError, merge_runs
+    from arcttt.rundir import RunDirError
+
+    try:
+        summary = merge_runs(run_dirs, challenges, out, solutions=solutions, run_dir=run_dir)
+    except (MergeError, RunDirError, OSError) as e:
+        return _error(str(e))
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {out}: {summary['tasks']} tasks from {summary['merged']} run folders, {summary['answered']} "
+          f"answered, {summary['failed']} failed, {summary['missing']} missing (default answers); "
+          f"run folder {summary['run_dir']}")
+    if "score" in summary:
+        s = summary["score"]
+        print(f"score: {s['score']:.4f} ({s['correct']}/{s['total']} test outputs); report: {summary['report']}")
+    return 0
 
 
 def _budget_fault(seconds: float | None) -> str | None:

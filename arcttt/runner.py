@@ -39,6 +39,7 @@ from arcttt.errors import write_fault
 from arcttt.hardware import visible_gpus
 from arcttt.records import SCHEMA_VERSION, TaskResult, config_hash, model_hash, task_file_name, task_hash
 from arcttt.rundir import RunLock, claim, log_to, record_files, result_path, write_failure
+from arcttt.shards import Shard, parse_shard, take_shard
 from arcttt.submission import SubmissionError, SubmissionWriter, atomic_write_json, load_submission
 from arcttt.worker import LOAD_LOCK, worker_main
 
@@ -151,8 +152,13 @@ def worker_count(requested: int | None, gpus: int, tasks: int, cpus: int | None)
 
 def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto",
         time_budget: float | None = None, workers: int | None = None, run_dir: Path | None = None,
-        overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False) -> dict:
+        overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False,
+        shard: str | None = None, engine=None) -> dict:
     """Answer every task of ``challenges`` with ``model`` before the deadline; write ``out``.
+
+    ``shard`` ("K/N") answers only the tasks of that shard (``shards.py``; ``arcttt merge`` joins
+    the shards' run folders). ``engine`` runs the tasks elsewhere than in this machine's worker
+    processes: an object with ``resources()`` and ``dispatch(...)`` (``ray_engine.RayEngine``).
 
     ``out`` is valid from the start (defaults) and rewritten atomically as results arrive. A run
     folder holding another run's records is reused only with ``resume`` (matching records kept).
@@ -162,6 +168,7 @@ def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto"
     file cannot be written, RunStopped on SIGINT/SIGTERM (``out`` then holds a valid submission).
     """
     check_time_budget(time_budget)
+    shard = parse_shard(shard)
     start = time.time()
     out = Path(out).absolute()
     run_dir = Path(run_dir).absolute() if run_dir else out.parent / "arcttt-run"
@@ -171,7 +178,7 @@ def run(challenges: Path, model: Path, out: Path, *, config: str | Path = "auto"
             how = claim(run_dir, resume=resume)
             return _run_claimed(Path(challenges).absolute(), Path(model).absolute(), out, run_dir, start, how, lock,
                                 config=config, time_budget=time_budget, workers=workers, overrides=overrides,
-                                progress=progress, command="run", solutions=None)
+                                progress=progress, command="run", solutions=None, shard=shard, engine=engine)
 
 
 @contextlib.contextmanager
@@ -184,8 +191,9 @@ def _write_faults():
 
 
 def _run_claimed(challenges: Path, model: Path, out: Path, run_dir: Path, start: float, how: str, lock: RunLock,
-                 *, config, time_budget, workers, overrides, progress, command: str, solutions: Path | None) -> dict:
-    loaded: Challenges = load_challenges(challenges)
+                 *, config, time_budget, workers, overrides, progress, command: str, solutions: Path | None,
+                 shard: Shard | None = None, engine=None) -> dict:
+    loaded: Challenges = take_shard(load_challenges(challenges), shard)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = SubmissionWriter.for_challenges(out, loaded)  # valid from here on
     handler = log_to(run_dir / "log.txt", "main")
@@ -198,8 +206,9 @@ def _run_claimed(challenges: Path, model: Path, out: Path, run_dir: Path, start:
         if time_budget:
             cfg.budget = cfg.budget.for_budget(time_budget)
         meta = {"command": command, "challenges": str(challenges), "model": str(model), "out": str(out),
-                "run_dir": str(run_dir), "solutions": str(solutions) if solutions else None, "folder": how}
-        return _run(loaded, model, writer, cfg, start, run_dir, progress, meta, how == "resume")
+                "run_dir": str(run_dir), "solutions": str(solutions) if solutions else None, "folder": how,
+                "shard": str(shard) if shard else None, "engine": engine.name if engine else "local"}
+        return _run(loaded, model, writer, cfg, start, run_dir, progress, meta, how == "resume", engine)
     finally:
         logging.getLogger("arcttt").removeHandler(handler)
         handler.close()
@@ -207,7 +216,7 @@ def _run_claimed(challenges: Path, model: Path, out: Path, run_dir: Path, start:
 
 
 def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: float, run_dir: Path,
-         progress: bool, meta: dict, resuming: bool) -> dict:
+         progress: bool, meta: dict, resuming: bool, engine=None) -> dict:
     from arcttt.config import save_config
 
     log_rejected(loaded, log.warning)
@@ -224,8 +233,8 @@ def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: 
                  ", ".join(f"{n}: {why}" for why, n in redo.most_common()) or "none")
     todo = order_tasks([t for t in loaded.tasks.values() if t.id not in done], cfg.budget.order)
 
-    gpus = visible_gpus()
-    n_workers, notes = worker_count(cfg.workers, len(gpus), len(todo), os.cpu_count())
+    gpus, cpus = engine.resources() if engine else (visible_gpus(), os.cpu_count())
+    n_workers, notes = worker_count(cfg.workers, len(gpus), len(todo), cpus)
     for note in notes:
         log.info("note: %s", note)
     budget = Budget(cfg.budget, start, n_workers)
@@ -247,7 +256,8 @@ def _run(loaded: Challenges, model: Path, writer: SubmissionWriter, cfg, start: 
 
         check_model_dir(model, cfg.model.format)  # fail fast, before any worker starts, on a directory that cannot be right
         state = _Dispatch(deque(todo), {t.id: expected_cost(t) for t in todo}, writes=writes)
-        _dispatch(state, budget, cfg_json, hashes, model, run_dir, writer, gpus, n_workers, summary, progress)
+        dispatch = engine.dispatch if engine else _dispatch
+        dispatch(state, budget, cfg_json, hashes, model, run_dir, writer, gpus, n_workers, summary, progress)
         summary["unstarted"] = len(state.pending)
         if state.load_errors and summary["answered"] + summary["failed"] == 0:
             raise ModelLoadError(f"model {model} could not be loaded: {state.load_errors[0]}")
@@ -394,24 +404,32 @@ def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, ru
         bar.update()
         w.task, w.state = None, "idle"
     elif kind == "done" and w is not None and w.task is not None and w.task.id == payload:
-        try:
-            result = TaskResult.from_json(json.loads(result_path(run_dir, payload).read_text()))
-            if result.status == "ok":
-                writer.set(payload, result.attempts())
-                summary["answered"] += 1
-            else:
-                summary["failed"] += 1
-        except OSError as e:  # the submission (or the record) cannot be written or read now: defaults kept
-            log.error("task %s: %s; keeping defaults", show_id(payload), write_fault(e))
-            state.writes.append(write_fault(e))
-            summary["failed"] += 1
-        # an unreadable or malformed result (SubmissionError, JSON and record errors are ValueErrors):
-        # the task keeps its default, the run goes on
-        except ValueError as e:
-            log.error("task %s: result not usable (%s); keeping defaults", show_id(payload), shown(str(e)))
-            summary["failed"] += 1
+        take_result(payload, lambda: TaskResult.from_json(json.loads(result_path(run_dir, payload).read_text())),
+                    writer, summary, state.writes)
         bar.update()
         w.task, w.state = None, "idle"
+
+
+def take_result(task_id: str, read, writer, summary: dict, writes: list[str]) -> None:
+    """A finished task's record (``read()`` returns it) into the submission and the run's counts:
+    an "ok" record's attempts go into ``writer``; anything that cannot be read or written leaves the
+    task its defaults and the run going. Shared by the local dispatcher and the Ray driver."""
+    try:
+        result = read()
+        if result.status == "ok":
+            writer.set(task_id, result.attempts())
+            summary["answered"] += 1
+        else:
+            summary["failed"] += 1
+    except OSError as e:  # the submission (or the record) cannot be written or read now: defaults kept
+        log.error("task %s: %s; keeping defaults", show_id(task_id), write_fault(e))
+        writes.append(write_fault(e))
+        summary["failed"] += 1
+    # an unreadable or malformed result (SubmissionError, JSON and record errors are ValueErrors):
+    # the task keeps its default, the run goes on
+    except ValueError as e:
+        log.error("task %s: result not usable (%s); keeping defaults", show_id(task_id), shown(str(e)))
+        summary["failed"] += 1
 
 
 def _stop(pool: dict, grace: float = STOP_RESERVE_S / 2, clock=time.monotonic) -> None:
@@ -463,7 +481,7 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
             time_budget: float | None = None, config: str | Path | None = None,
             challenges: Path | None = None, solutions: Path | None = None, workers: int | None = None,
             overrides: list[str] | tuple[str, ...] = (), progress: bool = True, resume: bool = False,
-            synthetic: int = 0) -> dict:
+            synthetic: int = 0, engine=None) -> dict:
     """Run on tasks with known solutions and score: the bundled ``split`` (first ``tasks`` by id)
     or given ``challenges``/``solutions`` files, plus ``synthetic`` held-out synthetic tasks (half
     of families our model was trained on, half of families it never saw: ``synthetic.HELD_OUT``),
@@ -475,7 +493,8 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
 
     ``out`` is the dry run's own folder: an earlier dry run's records there are replaced (the
     profile and report then show this run's timings), unless ``resume`` reuses those that match.
-    A folder holding the records of an ``arcttt run`` is refused unless ``resume``."""
+    A folder holding the records of an ``arcttt run`` is refused unless ``resume``. ``engine``: as
+    for :func:`run`."""
     from arcttt.data import export_split, load_solutions
     from arcttt.score import score_submission
 
@@ -509,7 +528,8 @@ def dry_run(out: Path, *, split: str = "arc-agi-2-eval", tasks: int | None = 10,
             solutions = Path(solutions).absolute() if solutions is not None else None
             summary = _run_claimed(Path(challenges).absolute(), Path(model).absolute(), out / "submission.json", out,
                                    start, how, lock, config=config or "auto", time_budget=time_budget, workers=workers,
-                                   overrides=overrides, progress=progress, command="dry-run", solutions=solutions)
+                                   overrides=overrides, progress=progress, command="dry-run", solutions=solutions,
+                                   engine=engine)
             if solutions is not None:
                 truths, submitted = load_solutions(solutions), load_submission(out / "submission.json")
                 result = score_submission(submitted, truths)

@@ -20,10 +20,11 @@ import time
 import traceback
 from pathlib import Path
 
-from arcttt.data import show_id, shown
+from arcttt.budget import TaskDeadlines
+from arcttt.data import Task, show_id, shown
 from arcttt.errors import first_line, write_fault
 from arcttt.faults import act_out, faults_from_env
-from arcttt.records import task_hash
+from arcttt.records import TaskResult, task_hash
 from arcttt.rundir import failed_result, log_to, write_record
 from arcttt.solve import solve_task
 
@@ -59,7 +60,7 @@ def worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_d
     faults = faults_from_env()  # a test hook (faults.py); {} in a real run
     # one load at a time (unsloth's imports and patching race); a file lock dies with its holder, so
     # a worker killed while loading blocks no one (and leaves no semaphore behind)
-    with _file_lock(Path(run_dir) / LOAD_LOCK, LOAD_LOCK_TIMEOUT_S):
+    with file_lock(Path(run_dir) / LOAD_LOCK, LOAD_LOCK_TIMEOUT_S):
         try:
             import_unsloth_first(cfg_json["model"]["backend"])  # before arcttt.config imports transformers
             from arcttt.config import config_from_json
@@ -85,20 +86,9 @@ def worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_d
         if msg is None:
             return
         task, deadlines = msg
-        start = time.time()
         if not _send(conn, ("start", wid, task.id)):
             return
-        try:
-            act_out(faults.get(task.id))
-            result = solve_task(session, task, cfg, deadlines, wid)
-        except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
-            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-                raise  # SystemExit from the SIGTERM handler, KeyboardInterrupt
-            # the task fails; the worker and its loaded model go on (a crash would reload it per task)
-            log.error("task %s failed on worker %d: %s\n%s", show_id(task.id), wid, shown(str(e), 300),
-                      traceback.format_exc())
-            result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
-        result.task_hash, result.config_hash, result.model_hash = task_hash(task), hashes["config"], hashes["model"]
+        result = answer_task(session, task, cfg, deadlines, wid, hashes, faults)
         try:
             write_record(Path(run_dir), result)
         except OSError as e:  # the disk is full or gone: the task keeps its default, the main process says so
@@ -112,6 +102,26 @@ def worker_main(wid: int, gpu: int | None, model_dir: str, cfg_json: dict, run_d
             log.error("worker %d: the GPU is unusable after %s; exiting so that a fresh worker replaces it",
                       wid, result.error)
             os._exit(1)
+
+
+def answer_task(session, task: Task, cfg, deadlines: TaskDeadlines, wid: int, hashes: dict,
+                faults: dict[str, str] | None = None) -> TaskResult:
+    """A worker's answer to one task, whatever happens: :func:`solve_task`'s record, or an "error"
+    record when it raises; stamped with the run's hashes. Shared by the local worker processes and
+    the Ray actors (``ray_engine``). ``faults``: the tests' hook (``faults.py``)."""
+    start = time.time()
+    try:
+        act_out((faults or {}).get(task.id))
+        result = solve_task(session, task, cfg, deadlines, wid)
+    except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # SystemExit from the SIGTERM handler, KeyboardInterrupt
+        # the task fails; the worker and its loaded model go on (a crash would reload it per task)
+        log.error("task %s failed on worker %d: %s\n%s", show_id(task.id), wid, shown(str(e), 300),
+                  traceback.format_exc())
+        result = failed_result(task.id, "error", f"{type(e).__name__}: {e}", wid, start)
+    result.task_hash, result.config_hash, result.model_hash = task_hash(task), hashes["config"], hashes["model"]
+    return result
 
 
 def _exit_on_signal(signum, frame):
@@ -128,7 +138,7 @@ def _send(conn, msg) -> bool:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, timeout: float):
+def file_lock(path: Path, timeout: float):
     """Hold an exclusive ``flock`` on ``path`` for the block, waiting up to ``timeout`` seconds; a
     lock not had by then is given up on (its holder is presumed stuck) and the block runs anyway."""
     import fcntl

@@ -2,7 +2,7 @@
 # Set up arcttt in ./.venv (created, or reused if present). Safe to run again.
 #
 #   bash scripts/setup.sh          # the package and its runtime dependencies
-#   bash scripts/setup.sh --dev    # plus the test tools (pytest, hypothesis, ...)
+#   bash scripts/setup.sh --dev    # plus the test tools (pytest, hypothesis, ...) and ray (the Ray engine's tests)
 #   bash scripts/setup.sh --unsloth  # plus unsloth (with --dev too, for tests/test_unsloth.py):
 #                                    # about 1.6 GB more, torch and transformers kept as they are
 #
@@ -50,8 +50,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 if [ "$dev" = 1 ]; then
-    echo "setup.sh: arcttt with dev extras"
-    "${pip[@]}" install --quiet -e ".[dev]"
+    echo "setup.sh: arcttt with dev extras (and ray, for the Ray engine's tests)"
+    "${pip[@]}" install --quiet -e ".[dev,ray]"
 
     # --- extra dev steps (add below, each optional and idempotent) ---------------------------------
     # Headless chromium for the report's browser test (tests/test_report.py, marker `browser`; it
