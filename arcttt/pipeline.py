@@ -111,6 +111,15 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> T
     phase = _Phases()
     result = TaskResult(task.id, "ok", worker=worker, start=time.time(), deadlines=d.to_json(), phases=phase.rows,
                         task_hash=task_hash(task))
+    defaults = fallback_attempts(task)  # of the task as given, whatever frame it is solved in
+    if cfg.data.input_frame:
+        from arcttt.pretransform import choose_frame, reframe
+
+        with phase("frame"):
+            session.reset()
+            frame = choose_frame(session.model, task, session.token_map, cfg.data.max_len)
+        result.frame = frame.to_json()
+        task = reframe(task, frame.symmetry)
     with phase("data"):
         data = training_sequences(task, session.token_map, cfg.data)
     session.reset()  # the LoRA of the previous task, back to its initial state
@@ -121,7 +130,6 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> T
         trained.sequences, trained.skipped = len(data.sequences), trained.skipped or data.skipped
         result.ttt = trained
 
-    defaults = fallback_attempts(task)
     # after TTT, each test input gets an equal part of what is left, split between search and
     # selection in the budget's proportions (so one input's selection cannot eat the next one's search)
     search_part = cfg.budget.search_frac / (1.0 - cfg.budget.ttt_frac)
