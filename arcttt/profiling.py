@@ -27,8 +27,8 @@ from arcttt.data import shown
 from arcttt.records import NO_ANSWER, OTHER, Phase, RecordError, TaskResult  # noqa: F401 - re-exported
 from arcttt.rundir import RunDirError, require_run_dir  # noqa: F401 - RunDirError re-exported
 
-PHASES = ("data", "ttt", "search", "select")
-PHASE_COLOURS = {"data": "#9e9e9e", "ttt": "#1f77b4", "search": "#ff7f0e", "select": "#2ca02c",
+PHASES = ("frame", "data", "ttt", "search", "select")
+PHASE_COLOURS = {"frame": "#bcbd22", "data": "#9e9e9e", "ttt": "#1f77b4", "search": "#ff7f0e", "select": "#2ca02c",
                  OTHER: "#d9d9d9"}
 UNKNOWN_COLOUR = "#8c564b"  # a phase name this module does not know
 

@@ -202,12 +202,15 @@ class TaskResult:
     task_hash: str | None = None
     config_hash: str | None = None
     model_hash: str | None = None
+    frame: dict | None = None
+    """The symmetry of the inputs the task was solved in, with each candidate's likelihood
+    (``pretransform.Frame``); None when the run does not choose one (``data.input_frame`` off)."""
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "task_id": self.task_id, "status": self.status, "error": self.error,
                 "worker": self.worker, "start": self.start, "end": self.end, "deadlines": self.deadlines,
-                "phases": [dataclasses.asdict(p) for p in self.phases],
+                "phases": [dataclasses.asdict(p) for p in self.phases], "frame": self.frame,
                 "ttt": None if self.ttt is None else self.ttt.to_json(),
                 "tests": [t.to_json() for t in self.tests],
                 "task_hash": self.task_hash, "config_hash": self.config_hash, "model_hash": self.model_hash}
@@ -238,7 +241,9 @@ class TaskResult:
                    if isinstance(tests, list) else [],
                    deadlines=obj.get("deadlines") if isinstance(obj.get("deadlines"), dict) else None,
                    task_hash=_str(obj.get("task_hash")), config_hash=_str(obj.get("config_hash")),
-                   model_hash=_str(obj.get("model_hash")), schema=_int(obj.get("schema")) or 0)
+                   model_hash=_str(obj.get("model_hash")),
+                   frame=obj.get("frame") if isinstance(obj.get("frame"), dict) else None,
+                   schema=_int(obj.get("schema")) or 0)
 
     # --- read-side views (profiling, report) ---
 

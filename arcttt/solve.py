@@ -1,5 +1,7 @@
 """One task on a loaded model -> its record (``records.TaskResult``), one function per phase:
 
+- :func:`frame` (when ``data.input_frame``): the symmetry of the inputs alone the model finds
+  likeliest (``pretransform.py``); the other phases then see the task in that frame;
 - :func:`adapt`: the task's TTT data, the LoRA reset to its initial state, training;
 - :func:`search_views`: the answer search under augmented views of one test input;
 - :func:`choose`: scoring of the search's candidates under the scoring's views, two attempts chosen;
@@ -48,8 +50,10 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> T
     phase = Phases()
     result = TaskResult(task.id, "ok", worker=worker, start=time.time(), deadlines=d.to_json(), phases=phase.rows,
                         task_hash=task_hash(task))
+    defaults = fallback_attempts(task)  # of the task as given, whatever frame it is solved in
+    if cfg.data.input_frame:
+        result.frame, task = frame(session, task, cfg, phase)
     result.ttt = adapt(session, task, cfg, d.ttt, phase)
-    defaults = fallback_attempts(task)
     # after TTT, each test input gets an equal part of what is left, split between search and
     # selection in the budget's proportions (so one input's selection cannot eat the next one's search)
     search_part = cfg.budget.search_frac / (1.0 - cfg.budget.ttt_frac)
@@ -60,6 +64,17 @@ def solve_task(session, task: Task, cfg, d: TaskDeadlines, worker: int = 0) -> T
                                                search_end=start + window * search_part, select_end=start + window))
     result.end = time.time()
     return result
+
+
+def frame(session, task: Task, cfg, phase: Phases) -> tuple[dict, Task]:
+    """The symmetry of the inputs alone that the model finds likeliest (``pretransform.py``), and the
+    task in that frame (its outputs, so its answers, as they are)."""
+    from arcttt.pretransform import choose_frame, reframe
+
+    with phase("frame"):
+        session.reset()  # the base model's view of the task, not the previous task's adapter
+        chosen = choose_frame(session.model, task, session.token_map, cfg.data.max_len)
+    return chosen.to_json(), reframe(task, chosen.symmetry)
 
 
 def adapt(session, task: Task, cfg, deadline: float, phase: Phases) -> TTTResult:

@@ -61,6 +61,10 @@ class DataConfig(AugmentConfig):
     """With ``loss_on_demo_outputs``, the first demonstration output too (NVARC: loss on every output)."""
     seed: int = 0
     """Seed of the random augmentations (combined with the task id)."""
+    input_frame: bool = False
+    """Before anything else, choose a symmetry of the inputs alone (demonstrations' and tests',
+    outputs untouched) by the model's likelihood of the demonstration outputs, and solve the task in
+    that frame (``pretransform.py``); off: the task as it is."""
     answer_room: Literal["evidence", "largest"] = "evidence"
     """What a test prompt leaves room for (and the search's length cap): ``evidence``, the largest
     answer the task's own shapes allow (:func:`answer_room`); ``largest``, a 30 x 30 grid."""
