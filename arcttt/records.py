@@ -204,16 +204,17 @@ class TaskResult:
     model_hash: str | None = None
     frame: dict | None = None
     """The symmetry of the inputs the task was solved in, with each candidate's likelihood
-    (``pretransform.Frame``); None when the run does not choose one (``data.input_frame`` off)."""
+    (``pretransform.Frame``); None (and not written) when the run does not choose one (``data.input_frame`` off)."""
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "task_id": self.task_id, "status": self.status, "error": self.error,
                 "worker": self.worker, "start": self.start, "end": self.end, "deadlines": self.deadlines,
-                "phases": [dataclasses.asdict(p) for p in self.phases], "frame": self.frame,
+                "phases": [dataclasses.asdict(p) for p in self.phases],
                 "ttt": None if self.ttt is None else self.ttt.to_json(),
                 "tests": [t.to_json() for t in self.tests],
-                "task_hash": self.task_hash, "config_hash": self.config_hash, "model_hash": self.model_hash}
+                "task_hash": self.task_hash, "config_hash": self.config_hash, "model_hash": self.model_hash,
+                **({"frame": self.frame} if self.frame is not None else {})}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "record") -> TaskResult:

@@ -158,7 +158,7 @@ def _hand_written_presets() -> dict:
             ttt=TTTConfig(steps=8, lr=1e-3, batch_tokens=4096), search=SearchConfig(n_augmentations=2, greedy=True),
             select=SelectConfig(n_views=2), budget=BudgetConfig(**cpu), workers=1),
         "cpu-tiny": RunConfig(
-            preset="cpu-tiny", data=DataConfig(n_sequences=32, max_len=1024, colours=False),
+            preset="cpu-tiny", data=DataConfig(n_sequences=32, max_len=1024, colours=False, input_frame=True),
             model=ModelConfig(backend="hf", load_in_4bit=False, dtype="fp32", max_seq_len=1024,
                               lora=LoraConfig(rank=16, alpha=16)),
             ttt=TTTConfig(steps=64, lr=1e-3, batch_tokens=2048, optimizer="adamw"),
