@@ -19,7 +19,8 @@ import torch
 
 
 def run(model_dir: Path, threads: int, bf16: bool, compile_: bool, steps: int, seq_len: int, rows: int) -> float:
-    from arcttt.finetune import Cursor, Dist, FinetuneConfig, load_base, load_tasks, next_rows, train_step
+    from arcttt.finetune import Dist, FinetuneConfig, load_base, train_step
+    from arcttt.finetune_data import Cursor, load_tasks, next_rows
     from arcttt.modeldir import read_model_meta
     from arcttt.ttt import make_optimizer
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from arcttt.data import Pair, bundled_split, load_split
-from arcttt.finetune import (Cursor, collate_rows, content_key, encode_sample, exclude_tasks, finetune,
-                             load_base, load_finetune_config, load_tasks, next_rows, packed_loss_sum)
+from arcttt.finetune import finetune, load_base, load_finetune_config, packed_loss_sum
+from arcttt.finetune_data import Cursor, collate_rows, content_key, encode_sample, exclude_tasks, load_tasks, next_rows
 from arcttt.formats import parse_answer
 from arcttt.synthetic import generate
 from helpers import TM

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from arcttt.finetune import (CHECKPOINT, Dist, FinetuneConfig, find_checkpoint, load_checkpoint, load_tasks,
-                             save_checkpoint)
+from arcttt.finetune import CHECKPOINT, Dist, FinetuneConfig, find_checkpoint, load_checkpoint, save_checkpoint
+from arcttt.finetune_data import load_tasks
 from helpers import run_cli
 
 DIST = Dist(0, 1, torch.device("cpu"))
