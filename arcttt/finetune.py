@@ -401,8 +401,8 @@ class EvalPoint:
 def eval_samples(tasks: list[Task], tm: TokenMap, seq_len: int) -> list[Encoded]:
     """Each held-out task's first test pair after all its demonstrations, unaugmented (the front
     demonstrations dropped to fit ``seq_len``); tasks that do not fit with one are left out."""
-    fitted = (fitted(list(t.train), Pair(t.test_inputs[0], t.test_outputs[0]), tm, seq_len) for t in tasks)
-    return [enc for enc in fitted if enc is not None]
+    samples = (fitted(list(t.train), Pair(t.test_inputs[0], t.test_outputs[0]), tm, seq_len) for t in tasks)
+    return [enc for enc in samples if enc is not None]
 
 
 @torch.no_grad()
