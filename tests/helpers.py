@@ -5,6 +5,9 @@ sys.path, as for oracle.py); fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import strategies as st
@@ -86,3 +89,22 @@ HANDMADE_TASKS = {  # id: (status, worker, start, end, phases as (name, start, e
     "0692e18c": ("ok", 1, 100, 250, [("data", 100, 102), ("ttt", 102, 202), ("search", 202, 232),
                                      ("select", 232, 248)], [True]),
 }
+
+
+# --- run folders -------------------------------------------------------------------------------
+def smallest_tasks(n: int, folder: Path) -> tuple[Path, Path]:
+    """The ``n`` cheapest ARC-AGI-1 eval tasks (``budget.expected_cost``) as a challenges and a
+    solutions file: this machine's CPUs are shared, and these tests are about the engine, not the model."""
+    from arcttt.budget import expected_cost
+    from arcttt.data import grid_to_list, load_split, task_to_json
+
+    tasks = sorted(load_split("arc-agi-1-eval"), key=lambda t: (expected_cost(t), t.id))[:n]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "challenges.json").write_text(json.dumps({t.id: task_to_json(t) for t in tasks}))
+    (folder / "solutions.json").write_text(json.dumps({t.id: [grid_to_list(g) for g in t.test_outputs]
+                                                        for t in tasks}))
+    return folder / "challenges.json", folder / "solutions.json"
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    return {r["task_id"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "tasks").glob("*.json"))}

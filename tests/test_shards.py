@@ -10,41 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from arcttt.cli import main
 from arcttt.data import load_challenges
 from arcttt.merge import MergeError, merge_runs
 from arcttt.runner import run
 from arcttt.shards import Shard, parse_shard, shard_of, take_shard
 from arcttt.submission import load_submission, validate_submission
+from helpers import records, run_cli, smallest_tasks
 
 # the engine's mechanics, cheaply: one TTT step, one view, answers only as long as the task's own outputs
 FAST = ["ttt.steps=1", "data.n_sequences=2", "data.answer_room=evidence", "search.n_augmentations=1",
         "select.n_views=1", "budget.min_task_s=2", "budget.hang_grace_s=300"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def smallest_tasks(n: int, folder: Path) -> tuple[Path, Path]:
-    """The ``n`` cheapest ARC-AGI-1 eval tasks (``budget.expected_cost``) as a challenges and a
-    solutions file: this machine's CPUs are shared, and these tests are about the engine, not the model."""
-    from arcttt.budget import expected_cost
-    from arcttt.data import grid_to_list, load_split, task_to_json
-
-    tasks = sorted(load_split("arc-agi-1-eval"), key=lambda t: (expected_cost(t), t.id))[:n]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "challenges.json").write_text(json.dumps({t.id: task_to_json(t) for t in tasks}))
-    (folder / "solutions.json").write_text(json.dumps({t.id: [grid_to_list(g) for g in t.test_outputs]
-                                                        for t in tasks}))
-    return folder / "challenges.json", folder / "solutions.json"
-
-
-def records(run_dir: Path) -> dict[str, dict]:
-    return {r["task_id"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "tasks").glob("*.json"))}
 
 
 # --- the shard of a task ----------------------------------------------------------------------------
