@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 
 from arcttt.augment import D8_NAMES, Augmentation
 from arcttt.data import Pair, Task
@@ -76,5 +75,4 @@ def choose_frame(model, task: Task, tm, max_len: int, symmetries=D8_NAMES) -> Fr
         if lp is None:
             return Frame("id", {})
         scores[name] = lp
-    best = max(scores, key=lambda k: (scores[k], k == "id"))
-    return Frame(best if scores[best] > scores.get("id", -np.inf) else "id", scores)
+    return Frame(max(scores, key=lambda k: (scores[k], k == "id")), scores)  # a tie goes to the identity

@@ -38,7 +38,7 @@ from arcttt.errors import first_line, write_fault
 from arcttt.faults import faults_from_env
 from arcttt.records import TaskResult
 from arcttt.rundir import write_failure, write_record
-from arcttt.runner import STOP_RESERVE_S, RunStopped, take_result
+from arcttt.runner import STOP_RESERVE_S, RunStopped, dispatch_over, take_result
 from arcttt.worker import FATAL_ERRORS, answer_task, file_lock
 
 log = logging.getLogger("arcttt.ray_engine")
@@ -197,9 +197,8 @@ class _Driver:
                 for a in self.pool.values():
                     if a.state == "idle" and state.pending and budget.can_start():
                         self.give(a)
-                if not any(a.state == "busy" for a in self.pool.values()) and (
-                        not state.pending or all(a.state == "dead" for a in self.pool.values())):
-                    break  # all done, or no actor left to do the rest
+                if dispatch_over([a.state for a in self.pool.values()], state.pending):
+                    break
         except RunStopped as e:
             stopped = e
             log.warning("run stopped by %s: stopping the actors; unfinished tasks keep their defaults", e.name)

@@ -330,9 +330,8 @@ def _dispatch(state: _Dispatch, budget: Budget, cfg_json: dict, hashes: dict, mo
             for w in pool.values():
                 if w.state == "idle" and state.pending and budget.can_start():
                     _give_task(w, state, pool, budget)
-            if not any(w.state == "busy" for w in pool.values()) and (
-                    not state.pending or all(w.state == "dead" for w in pool.values())):
-                break  # all done, or no worker left to do the rest
+            if dispatch_over([w.state for w in pool.values()], state.pending):
+                break
     except RunStopped as e:
         stopped = e
         log.warning("run stopped by %s: stopping the workers; unfinished tasks keep their defaults", e.name)
@@ -408,6 +407,12 @@ def _handle_event(kind: str, wid: int, payload, pool: dict, state: _Dispatch, ru
                     writer, summary, state.writes)
         bar.update()
         w.task, w.state = None, "idle"
+
+
+def dispatch_over(states: list[str], pending) -> bool:
+    """The dispatch loop ends: no worker busy, and no task left or no worker left alive to take it.
+    Shared by the local dispatcher and the Ray driver (``states``: each worker's or actor's)."""
+    return "busy" not in states and (not pending or all(s == "dead" for s in states))
 
 
 def take_result(task_id: str, read, writer, summary: dict, writes: list[str]) -> None:
